@@ -1,0 +1,210 @@
+"""The compressor codec shape (numcodecs' Codec, with explicit randomness).
+
+A compressor turns a 1-D float vector into the exact bytes that travel and back.
+Every buffer starts with an 8-byte codec header, little-endian::
+
+    offset  size  field
+    0       1     magic 0xC5
+    1       1     codec format version (1)
+    2       1     codec id (one per compressor class)
+    3       1     flags (reserved, must be 0)
+    4       4     d, the vector length (uint32)
+
+followed by the compressor's payload. ``8 * len(encode(x, rng))`` is the true size
+of the message. Decoding validates every field and every length before touching
+memory and raises :class:`~psgd.errors.WireFormatError` on anything ``encode``
+could not have produced.
+
+Subclasses implement ``_encode``, ``_decode_add`` and ``_max_payload_nbytes``
+(and ``_payload_nbytes`` when the code has a fixed length), plus ``omega``
+(unbiased) or ``delta`` (biased).
+"""
+
+from __future__ import annotations
+
+import struct
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import ConfigError, WireFormatError
+from ..validation import check_params
+
+CODEC_MAGIC = 0xC5
+CODEC_VERSION = 1
+_HEADER = struct.Struct("<BBBBI")
+HEADER_NBYTES = _HEADER.size
+MAX_DIM = 2**32 - 1
+
+
+class Compressor(ABC):
+    """Base class of every compressor; see the module docstring for the byte layout."""
+
+    name: ClassVar[str]
+    codec_id: ClassVar[int]
+    unbiased: ClassVar[bool]
+    #: declarative parameter constraints, see :mod:`psgd.validation`
+    params: ClassVar[dict] = {}
+    #: True when decode needs the same ``key`` that encode was given (shared-seed schemes)
+    shared_randomness: ClassVar[bool] = False
+
+    def __init__(self, **params):
+        self.config = check_params("compressor", self.params, params)
+        for key, value in self.config.items():
+            setattr(self, key, value)
+        self._check_params()
+
+    def _check_params(self) -> None:
+        """Cross-parameter checks; raise ConfigError. Default: none."""
+
+    # -- public API (CONTRACT.md §5) -------------------------------------------------
+
+    def encode(self, x, rng: np.random.Generator, *, key: int | None = None) -> np.ndarray:
+        """Compress ``x`` into the exact bytes that go on the wire (a uint8 array)."""
+        x = self._as_input(x)
+        payload = np.frombuffer(self._encode(x, rng, key), dtype=np.uint8)
+        out = np.empty(HEADER_NBYTES + payload.size, dtype=np.uint8)
+        _HEADER.pack_into(out, 0, CODEC_MAGIC, CODEC_VERSION, self.codec_id, 0, x.size)
+        out[HEADER_NBYTES:] = payload
+        return out
+
+    def decode(self, buf, *, key: int | None = None, d: int | None = None,
+               dtype=np.float64) -> np.ndarray:
+        """Decompress ``buf`` into a new vector of length d (``d``, if given, is checked)."""
+        payload, n = self._parse(buf, d)
+        out = np.zeros(n, dtype=dtype)
+        self._decode_add(payload, n, out, 1.0, key)
+        return out
+
+    def decode_add(self, buf, out: np.ndarray, weight: float = 1.0, *,
+                   key: int | None = None) -> None:
+        """``out += weight * decode(buf)`` without a temporary (what the server does)."""
+        if out.ndim != 1 or out.dtype not in (np.float32, np.float64) or not out.flags.c_contiguous:
+            raise TypeError("decode_add needs a contiguous 1-D float32 or float64 array")
+        payload, n = self._parse(buf, out.size)
+        self._decode_add(payload, n, out, float(weight), key)
+
+    def encode_decode(self, x, rng, *, key=None):
+        """``(buf, decode(buf))``: what a worker needs to keep a memory that mirrors the server's."""
+        buf = self.encode(x, rng, key=key)
+        return buf, self.decode(buf, key=key, d=np.size(x))
+
+    def max_nbytes(self, d: int) -> int:
+        """An upper bound on ``len(encode(x))`` for any x of length d (receive buffers)."""
+        return HEADER_NBYTES + self._max_payload_nbytes(d)
+
+    def nbytes(self, d: int) -> int | None:
+        """The exact message length for fixed-length codes, else None."""
+        n = self._payload_nbytes(d)
+        return None if n is None else HEADER_NBYTES + n
+
+    def omega(self, d: int) -> float:
+        """Variance parameter: E||C(x) - x||^2 <= omega ||x||^2 (unbiased compressors)."""
+        raise NotImplementedError(f"{self.name} is biased; see delta()")
+
+    def delta(self, d: int) -> float:
+        """Contraction: ||C(x) - x||^2 <= delta ||x||^2 (biased compressors)."""
+        raise NotImplementedError(f"{self.name} is unbiased; see omega()")
+
+    def get_config(self) -> dict:
+        return {"name": self.name, **self.config}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Compressor":
+        config = dict(config)
+        config.pop("name", None)
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self), tuple(sorted(self.config.items(), key=str))))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        return f"{type(self).__name__}({args})"
+
+    # -- for subclasses -------------------------------------------------------------
+
+    @abstractmethod
+    def _encode(self, x: np.ndarray, rng: np.random.Generator, key: int | None):
+        """Return the payload (bytes or uint8 array) for the contiguous 1-D float vector x."""
+
+    @abstractmethod
+    def _decode_add(self, payload: np.ndarray, d: int, out: np.ndarray, weight: float,
+                    key: int | None) -> None:
+        """Validate ``payload`` (raise WireFormatError) and add ``weight * C(x)`` into out."""
+
+    @abstractmethod
+    def _max_payload_nbytes(self, d: int) -> int:
+        """An upper bound on the payload length for vectors of length d."""
+
+    def _payload_nbytes(self, d: int) -> int | None:
+        """Exact payload length for fixed-length codes; None for variable-length ones."""
+        return None
+
+    # -- helpers --------------------------------------------------------------------
+
+    @staticmethod
+    def _as_input(x) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 1:
+            raise ValueError(f"compressors take 1-D vectors; got shape {x.shape}")
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float64)
+        if x.size > MAX_DIM:
+            raise ValueError(f"vector length {x.size} exceeds the wire limit {MAX_DIM}")
+        return np.ascontiguousarray(x)
+
+    def _parse(self, buf, expected_d: int | None):
+        """Check the codec header; return (payload view, d)."""
+        try:
+            raw = np.frombuffer(buf, dtype=np.uint8)
+        except (TypeError, ValueError):
+            raise WireFormatError(f"{self.name}: expected a bytes-like buffer, got {type(buf).__name__}") from None
+        if raw.size < HEADER_NBYTES:
+            raise WireFormatError(f"{self.name}: buffer of {raw.size} bytes is shorter than the "
+                                  f"{HEADER_NBYTES}-byte codec header")
+        magic, version, codec_id, flags, d = _HEADER.unpack_from(raw, 0)
+        if magic != CODEC_MAGIC:
+            raise WireFormatError(f"{self.name}: bad codec magic 0x{magic:02x} (expected 0x{CODEC_MAGIC:02x})")
+        if version != CODEC_VERSION:
+            raise WireFormatError(f"{self.name}: codec format version {version} is not supported "
+                                  f"(this psgd writes version {CODEC_VERSION})")
+        if codec_id != self.codec_id:
+            raise WireFormatError(f"{self.name}: buffer was made by codec id {codec_id}, "
+                                  f"expected {self.codec_id}")
+        if flags != 0:
+            raise WireFormatError(f"{self.name}: reserved codec flags are 0x{flags:02x}, expected 0")
+        if expected_d is not None and d != expected_d:
+            raise WireFormatError(f"{self.name}: message has d={d}, expected d={expected_d}")
+        payload = raw[HEADER_NBYTES:]
+        fixed = self._payload_nbytes(d)
+        if fixed is not None and payload.size != fixed:
+            raise WireFormatError(f"{self.name}: payload is {payload.size} bytes, "
+                                  f"expected {fixed} for d={d}")
+        if payload.size > self._max_payload_nbytes(d):
+            raise WireFormatError(f"{self.name}: payload of {payload.size} bytes exceeds the "
+                                  f"maximum {self._max_payload_nbytes(d)} for d={d}")
+        return payload, d
+
+
+def wire_error(name: str, what: str) -> WireFormatError:
+    """Shorthand used by payload decoders: ``raise wire_error(self.name, 'scale is NaN')``."""
+    return WireFormatError(f"{name}: {what}")
+
+
+def resolve_block_size(block_size: int | None, d: int) -> int:
+    """``block_size`` null (one block) or larger than d means the whole vector."""
+    if block_size is None or block_size >= d:
+        return max(d, 1)
+    return block_size
+
+
+def check_positive_int_or_ratio(obj, path: str = "compressor") -> None:
+    """For rand_k / top_k / sketches: exactly one of ``k`` and ``ratio`` must be set."""
+    if (obj.config.get("k") is None) == (obj.config.get("ratio") is None):
+        raise ConfigError(f"{path}: set exactly one of k and ratio; got k={obj.config.get('k')!r}, "
+                          f"ratio={obj.config.get('ratio')!r}")

@@ -1,0 +1,41 @@
+"""``identity``: the uncompressed baseline, 32 or 64 bits per coordinate."""
+
+import numpy as np
+
+from ..registry import register
+from ..validation import Choice
+from .base import Compressor, wire_error
+
+
+@register("compressor")
+class Identity(Compressor):
+    """Sends the raw little-endian floats. omega = 0 (exact up to the float32 cast)."""
+
+    name = "identity"
+    codec_id = 1
+    unbiased = True
+    params = {"dtype": Choice("float32", "float64", default="float64")}
+
+    def _itemsize(self):
+        return 4 if self.dtype == "float32" else 8
+
+    def _encode(self, x, rng, key):
+        return x.astype("<f4" if self.dtype == "float32" else "<f8", copy=False).tobytes()
+
+    def _decode_add(self, payload, d, out, weight, key):
+        values = np.frombuffer(payload, dtype="<f4" if self.dtype == "float32" else "<f8", count=d)
+        if not np.isfinite(values).all():
+            raise wire_error(self.name, "payload holds NaN or Inf")
+        if weight == 1.0:
+            out += values
+        else:
+            out += weight * values
+
+    def _payload_nbytes(self, d):
+        return d * self._itemsize()
+
+    def _max_payload_nbytes(self, d):
+        return d * self._itemsize()
+
+    def omega(self, d):
+        return 0.0

@@ -1,0 +1,201 @@
+"""Declarative parameter constraints (the scikit-learn ``_param_validation`` idea).
+
+A component declares ``params = {"levels": Int(1), "norm": Choice("2", "inf")}``;
+:func:`check_params` checks a mapping against it and raises one-line
+:class:`~psgd.errors.ConfigError` messages of the form
+``compressor.levels: got 0; allowed: an integer >= 1``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .errors import ConfigError
+
+
+class Constraint:
+    """One parameter's allowed values; ``default`` is used when the key is absent."""
+
+    required = False
+
+    def __init__(self, default=None, *, required=False, doc=""):
+        self.default = default
+        self.required = required
+        self.doc = doc
+
+    def describe(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def convert(self, value):
+        """Return the checked (possibly normalised) value, or raise ValueError."""
+        raise NotImplementedError
+
+    def check(self, path: str, value):
+        try:
+            return self.convert(value)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"{path}: got {value!r}; allowed: {self.describe()}") from None
+
+
+class Int(Constraint):
+    def __init__(self, lo=None, hi=None, default=None, **kw):
+        super().__init__(default, **kw)
+        self.lo, self.hi = lo, hi
+
+    def describe(self):
+        if self.lo is not None and self.hi is not None:
+            return f"an integer in [{self.lo}, {self.hi}]"
+        if self.lo is not None:
+            return f"an integer >= {self.lo}"
+        if self.hi is not None:
+            return f"an integer <= {self.hi}"
+        return "an integer"
+
+    def convert(self, value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError
+        value = int(value)
+        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            raise ValueError
+        return value
+
+
+class Real(Constraint):
+    """A finite real number in an interval; ``closed`` is 'both', 'left', 'right' or 'neither'."""
+
+    def __init__(self, lo=None, hi=None, closed="both", default=None, **kw):
+        super().__init__(default, **kw)
+        self.lo, self.hi, self.closed = lo, hi, closed
+
+    def describe(self):
+        left = "[" if self.closed in ("both", "left") else "("
+        right = "]" if self.closed in ("both", "right") else ")"
+        lo = "-inf" if self.lo is None else self.lo
+        hi = "inf" if self.hi is None else self.hi
+        return f"a number in {left}{lo}, {hi}{right}"
+
+    def convert(self, value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError
+        lo_ok = self.lo is None or (value >= self.lo if self.closed in ("both", "left") else value > self.lo)
+        hi_ok = self.hi is None or (value <= self.hi if self.closed in ("both", "right") else value < self.hi)
+        if not (lo_ok and hi_ok):
+            raise ValueError
+        return value
+
+
+class Choice(Constraint):
+    """One of a fixed set of values; YAML numbers are compared by their text (norm: 2 == '2')."""
+
+    def __init__(self, *options, default=None, **kw):
+        super().__init__(default, **kw)
+        self.options = tuple(options)
+
+    def describe(self):
+        return "one of " + ", ".join(str(o) for o in self.options)
+
+    def convert(self, value):
+        if isinstance(value, bool):
+            raise ValueError
+        for option in self.options:
+            if value == option or (isinstance(value, (int, float, str)) and str(value) == str(option)):
+                return option
+        raise ValueError
+
+
+class Bool(Constraint):
+    def describe(self):
+        return "true or false"
+
+    def convert(self, value):
+        if not isinstance(value, bool):
+            raise ValueError
+        return value
+
+
+class Str(Constraint):
+    def describe(self):
+        return "a non-empty string"
+
+    def convert(self, value):
+        if not isinstance(value, str) or not value:
+            raise ValueError
+        return value
+
+
+class Nullable(Constraint):
+    """``null`` or what ``inner`` allows."""
+
+    def __init__(self, inner: Constraint, default=None, **kw):
+        super().__init__(default, **kw)
+        self.inner = inner
+
+    def describe(self):
+        return f"null or {self.inner.describe()}"
+
+    def convert(self, value):
+        return None if value is None else self.inner.convert(value)
+
+
+class AnyOf(Constraint):
+    """The first of several constraints that accepts the value (e.g. a number or 'theory')."""
+
+    def __init__(self, *inners: Constraint, default=None, **kw):
+        super().__init__(default, **kw)
+        self.inners = inners
+
+    def describe(self):
+        return " or ".join(c.describe() for c in self.inners)
+
+    def convert(self, value):
+        for inner in self.inners:
+            try:
+                return inner.convert(value)
+            except (ValueError, TypeError):
+                continue
+        raise ValueError
+
+
+class Mapping(Constraint):
+    """A mapping whose keys and values satisfy ``key`` and ``value`` (e.g. worker_delay)."""
+
+    def __init__(self, key: Constraint, value: Constraint, default=None, **kw):
+        super().__init__({} if default is None else default, **kw)
+        self.key, self.value = key, value
+
+    def describe(self):
+        return f"a mapping from {self.key.describe()} to {self.value.describe()}"
+
+    def convert(self, value):
+        if not isinstance(value, dict):
+            raise ValueError
+        return {self.key.convert(k): self.value.convert(v) for k, v in value.items()}
+
+
+def check_params(path: str, spec: dict, given: dict) -> dict:
+    """Validate ``given`` against ``spec``; return a new dict with every default filled in.
+
+    Unknown keys are errors: a typo must never silently fall back to a default.
+    """
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{path}: got {given!r}; allowed: a mapping of {', '.join(spec) or 'no keys'}")
+    unknown = sorted(set(given) - set(spec), key=str)
+    if unknown:
+        allowed = ", ".join(spec) if spec else "no parameters"
+        raise ConfigError(f"{path}.{unknown[0]}: unknown key; allowed: {allowed}")
+    out = {}
+    for key, constraint in spec.items():
+        if key in given:
+            out[key] = constraint.check(f"{path}.{key}", given[key])
+        elif constraint.required:
+            raise ConfigError(f"{path}.{key}: missing; allowed: {constraint.describe()}")
+        else:
+            out[key] = constraint.default
+    return out

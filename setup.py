@@ -1,0 +1,80 @@
+"""Build psgd: the Python packages plus the Cython kernels of cython_ext/.
+
+Every ``cython_ext/NAME.pyx`` becomes the extension module ``psgd.NAME``.
+``server/`` and ``workers/`` install as ``psgd.server`` and ``psgd.workers``
+(never as top-level ``server`` / ``workers``, which would collide with anything).
+
+PSGD_WITH_CYTHON controls the kernels (the PyYAML pattern):
+  unset  try to build them; on failure warn and fall back to the NumPy twins
+  1      the build must succeed (CI sets this)
+  0      do not build them
+"""
+
+import glob
+import os
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+MODE = os.environ.get("PSGD_WITH_CYTHON", "").strip()
+PACKAGE_DIR = {"psgd": "psgd", "psgd.compressors": "psgd/compressors",
+               "psgd.server": "server", "psgd.workers": "workers"}
+
+
+def extensions():
+    if MODE == "0":
+        return []
+    try:
+        import numpy
+        from Cython.Build import cythonize
+        from setuptools import Extension
+    except ImportError as exc:
+        if MODE == "1":
+            raise SystemExit(f"PSGD_WITH_CYTHON=1 but the build needs Cython and NumPy: {exc}")
+        print(f"WARNING: psgd kernels not built ({exc}); using the NumPy twins", file=sys.stderr)
+        return []
+    exts = []
+    for pyx in sorted(glob.glob("cython_ext/*.pyx")):
+        stem = os.path.splitext(os.path.basename(pyx))[0]
+        exts.append(Extension(
+            f"psgd.{stem}", [pyx],
+            include_dirs=[numpy.get_include()],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            # -O3 for the bit loops; no -march=native (the wheel must run anywhere);
+            # no FP contraction so kernels round exactly like their NumPy twins.
+            extra_compile_args=["-O3", "-ffp-contract=off"],
+        ))
+    return cythonize(exts, language_level=3,
+                     compiler_directives={"boundscheck": False, "wraparound": False,
+                                          "cdivision": True, "initializedcheck": False})
+
+
+class OptionalBuildExt(build_ext):
+    """Fall back to the NumPy twins (with a warning) unless PSGD_WITH_CYTHON=1."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # compiler missing, headers missing, ...
+            self._fallback(exc)
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            self._fallback(exc)
+
+    def _fallback(self, exc):
+        if MODE == "1":
+            raise
+        print(f"WARNING: building psgd's Cython kernels failed ({exc}); "
+              "psgd will use the slower NumPy twins", file=sys.stderr)
+
+
+setup(
+    packages=list(PACKAGE_DIR),
+    package_dir=PACKAGE_DIR,
+    ext_modules=extensions(),
+    cmdclass={"build_ext": OptionalBuildExt},
+)
