@@ -177,6 +177,18 @@ class Mapping(Constraint):
         return {self.key.convert(k): self.value.convert(v) for k, v in value.items()}
 
 
+class AnyMapping(Constraint):
+    """Any mapping; its contents are validated by whoever owns them."""
+
+    def describe(self):
+        return "a mapping"
+
+    def convert(self, value):
+        if not isinstance(value, dict):
+            raise ValueError
+        return dict(value)
+
+
 def check_params(path: str, spec: dict, given: dict) -> dict:
     """Validate ``given`` against ``spec``; return a new dict with every default filled in.
 

@@ -1,0 +1,231 @@
+"""``psgd run``: decide each rank's role, build the run, and never hang on an error.
+
+Every rank loads the config and builds the same problem deterministically; rank 0
+also solves for f* to high accuracy. A non-blocking all-reduce then tells every rank
+whether setup failed anywhere, so a bad config or data path ends all ranks with exit
+2 and one line. After setup, an unhandled exception on any rank prints one line
+naming the rank and calls ``MPI.COMM_WORLD.Abort(1)``, which ends the whole job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import algorithms, config, metrics, problems
+from .compressors import get_compressor
+from .errors import ConfigError, DataFormatError, PsgdError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+@dataclass
+class RunContext:
+    """Everything a server or worker needs, built identically on every rank."""
+
+    cfg: dict
+    ps: object
+    n: int
+    d: int
+    compressor: object
+    downlink: object
+    downlink_is_identity: bool
+    consts: algorithms.Constants
+    alg: algorithms.Algorithm
+    x0: np.ndarray
+    has_l1: bool
+    f_star: float = float("nan")
+    x_star: np.ndarray | None = None
+
+    @property
+    def hyper(self):
+        return self.alg.hyper
+
+    def prox(self, x, step):
+        return self.ps.reg.prox(x, step)
+
+    def _streams(self):
+        # one independent stream per rank: SeedSequence(seed).spawn(n + 1)[rank]
+        return np.random.SeedSequence(self.cfg["seed"]).spawn(self.n + 1)
+
+    @property
+    def down_rng(self):
+        if not hasattr(self, "_down_rng"):
+            self._down_rng = np.random.default_rng(self._streams()[0])
+        return self._down_rng
+
+    def worker_rngs(self, j):
+        comp, batch = self._streams()[j + 1].spawn(2)
+        return np.random.default_rng(comp), np.random.default_rng(batch)
+
+    def shared_key(self, j, seq):
+        """The (seed, worker, step) stream shared-seed compressors use on both ends."""
+        if not self.compressor.shared_randomness:
+            return None
+        return int(np.random.SeedSequence([self.cfg["seed"], j, seq]).generate_state(1, np.uint64)[0])
+
+    def decode_message(self, payload, seq, j):
+        y = self.compressor.decode(payload, key=self.shared_key(j, seq), d=self.d)
+        if self.hyper.message_scale != 1.0:
+            y *= self.hyper.message_scale
+        return y
+
+
+def build_context(cfg: dict, n_workers: int) -> RunContext:
+    ps = problems.make_problem(cfg["problem"], cfg["data"], cfg["seed"], n_workers)
+    c = problems.constants(ps)
+    consts = algorithms.Constants(L=float(c["L"]), L_i=[float(v) for v in c["L_i"]],
+                                  mu=float(c["mu"]), d=ps.d)
+    compressor = get_compressor(cfg["compressor"])
+    down_cfg = (cfg["run"]["downlink"] or {}).get("compressor") or {"name": "identity", "dtype": "float64"}
+    downlink = get_compressor(down_cfg)
+    run = cfg["run"]
+    tau = run["max_staleness"] if run["mode"] == "async" else 0
+    bad = [k for k in run["worker_delay"] if k >= n_workers]
+    if bad:
+        raise ConfigError(f"run.worker_delay: worker index {bad[0]} does not exist; allowed: "
+                          f"0..{n_workers - 1} ({n_workers} workers)")
+    alg = algorithms.build(cfg, compressor, consts, ps.weights, tau)
+    return RunContext(cfg=cfg, ps=ps, n=n_workers, d=ps.d, compressor=compressor, downlink=downlink,
+                      downlink_is_identity=down_cfg["name"] == "identity" and
+                      down_cfg.get("dtype", "float64") == "float64",
+                      consts=consts, alg=alg, x0=ps.initial_point(),
+                      has_l1=cfg["problem"].get("l1", 0.0) > 0)
+
+
+def _launch_hint(path):
+    return (f"psgd run needs at least 2 MPI ranks (rank 0 is the server, the others are workers); "
+            f"launch it with e.g.: mpiexec -n 5 psgd run {path}   (or srun -n 5 psgd run {path})")
+
+
+def run(path: str, overrides=(), out: str | None = None, resume: bool = False) -> int:
+    from mpi4py import MPI
+
+    from .comm import allreduce_max
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if size < 2:
+        print(f"psgd: error: {_launch_hint(path)}", file=sys.stderr)
+        return EXIT_USAGE
+
+    # -- setup on every rank, then agree on whether it worked ---------------------------
+    code, message = EXIT_OK, ""
+    ctx = None
+    try:
+        cfg = config.load(path, overrides)
+        if out is not None:
+            cfg["output"]["dir"] = out
+        ctx = build_context(cfg, size - 1)
+    except (ConfigError, DataFormatError) as exc:
+        code, message = EXIT_USAGE, f"psgd: error: {exc}"
+    except Exception as exc:  # noqa: BLE001 - reported below, then every rank stops
+        code, message = EXIT_FAILED, f"psgd: rank {rank}: setup failed: {type(exc).__name__}: {exc}"
+        if os.environ.get("PSGD_DEBUG"):
+            traceback.print_exc()
+    # MAX over ranks of code (+16*code on rank 0, so everyone learns whether rank 0 failed
+    # and only one rank prints when all fail the same way)
+    worst = allreduce_max(comm, code + 16 * (code if rank == 0 else 0), 600, "setup on all ranks")
+    if worst:
+        rank0_failed = worst >= 16
+        if code and (rank == 0 or not rank0_failed):
+            print(message, file=sys.stderr, flush=True)
+        return worst % 16
+
+    # -- the run; any exception from here on aborts the whole job ---------------------
+    role = "server" if rank == 0 else f"worker {rank - 1}"
+    try:
+        if rank == 0:
+            return _run_server(comm, ctx, resume)
+        from psgd.workers.loop import Worker
+
+        Worker(comm, ctx, rank - 1).run()
+        return EXIT_OK
+    except BaseException as exc:  # noqa: BLE001
+        text = str(exc) if isinstance(exc, PsgdError) else f"{type(exc).__name__}: {exc}"
+        print(f"psgd: error on rank {rank} ({role}): {text}", file=sys.stderr, flush=True)
+        if os.environ.get("PSGD_DEBUG") or not isinstance(exc, PsgdError):
+            traceback.print_exc()
+        sys.stderr.flush()
+        comm.Abort(EXIT_FAILED)
+        return EXIT_FAILED
+
+
+def _run_server(comm, ctx: RunContext, resume: bool) -> int:
+    from psgd.server.loop import Server
+
+    cfg = ctx.cfg
+    out_dir = cfg["output"]["dir"]
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.yaml"), "w") as fh:
+        fh.write(config.dump(cfg))
+    t_solve = time.perf_counter()
+    ctx.x_star, ctx.f_star = problems.solve(ctx.ps)
+    t_solve = time.perf_counter() - t_solve
+    omega = _omega(ctx)
+    h = ctx.hyper
+    print(f"psgd {cfg['algorithm']['name']} | {cfg['problem']['name']} on {_describe(ctx)} | "
+          f"{ctx.n} workers | compressor {cfg['compressor']['name']} | mode {cfg['run']['mode']}"
+          f" (tau={cfg['run']['max_staleness']})", flush=True)
+    print(f"constants: L={ctx.consts.L:.6g} mu={ctx.consts.mu:.6g} "
+          f"L_i=[{', '.join(f'{v:.4g}' for v in ctx.consts.L_i)}] f*={ctx.f_star:.12g} "
+          f"(solved in {t_solve:.1f} s)", flush=True)
+    print(f"step sizes: gamma={h.gamma:.6g} alpha={h.alpha:.6g} momentum={h.momentum:g} "
+          f"form={h.form} omega={_fmt(omega)} [{h.rule}]", flush=True)
+    mets = metrics.Metrics(ctx, out_dir)
+    server = Server(comm, ctx, mets)
+    t0 = time.perf_counter()
+    status = server.run()
+    wall = time.perf_counter() - t0
+    last = mets.last
+    mets.close()
+    summary = {
+        "status": status,
+        "iterations": server.state.step,
+        "wall_s": round(wall, 6),
+        "final_loss": last["loss"],
+        "final_subopt": last["subopt"],
+        "final_grad_norm": last["grad_norm"],
+        "f_star": ctx.f_star,
+        "bits_up_total": 8 * server.counters["bytes_up"],
+        "bits_down_total": 8 * server.counters["bytes_down"],
+        "messages_up": server.counters["messages_up"],
+        "messages_down": server.counters["messages_down"],
+        "staleness_max": max(server.staleness, default=0),
+        "staleness_hist": {str(k): v for k, v in sorted(server.staleness.items())},
+        "stepsize": h.gamma,
+        "stepsize_rule": h.rule,
+        "alpha": h.alpha,
+        "momentum": h.momentum,
+        "async_form": h.form,
+        "omega": omega,
+        "delta": None if ctx.compressor.unbiased else ctx.compressor.delta(ctx.d),
+        "L": ctx.consts.L, "L_i": ctx.consts.L_i, "mu": ctx.consts.mu,
+        "n_workers": ctx.n, "d": ctx.d, "weights": [float(w) for w in ctx.ps.weights],
+        "server_time_s": {k: round(v, 6) for k, v in server.timers.items()},
+        "versions": metrics.versions(),
+    }
+    metrics.write_json(os.path.join(out_dir, "summary.json"), summary)
+    print(f"done: {status} after {summary['iterations']} steps in {wall:.2f} s; "
+          f"final subopt {summary['final_subopt']:.3e}; bits up {metrics.fmt_bits(summary['bits_up_total'])}, "
+          f"down {metrics.fmt_bits(summary['bits_down_total'])}; staleness max {summary['staleness_max']}; "
+          f"wrote {out_dir}/summary.json", flush=True)
+    return EXIT_OK
+
+
+def _omega(ctx):
+    return ctx.compressor.omega(ctx.d) if ctx.compressor.unbiased else None
+
+
+def _fmt(v):
+    return "n/a" if v is None else f"{v:.6g}"
+
+
+def _describe(ctx):
+    info = ctx.ps.describe()
+    return ", ".join(f"{k}={v}" for k, v in info.items() if k in ("dataset", "n_samples", "d"))
