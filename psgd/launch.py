@@ -210,6 +210,7 @@ def _run_server(comm, ctx: RunContext, resume: bool) -> int:
         "server_time_s": {k: round(v, 6) for k, v in server.timers.items()},
         "versions": metrics.versions(),
     }
+    np.save(os.path.join(out_dir, "model.npy"), server.state.x)
     metrics.write_json(os.path.join(out_dir, "summary.json"), summary)
     print(f"done: {status} after {summary['iterations']} steps in {wall:.2f} s; "
           f"final subopt {summary['final_subopt']:.3e}; bits up {metrics.fmt_bits(summary['bits_up_total'])}, "

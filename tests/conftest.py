@@ -62,7 +62,7 @@ def run_psgd(tmp_path, data_dir_optional):
             path = tmp_path / f"cfg{len(list(tmp_path.glob('cfg*.yaml')))}.yaml"
             path.write_text(yaml.safe_dump(cfg))
             cfg = path
-        out = Path(out) if out else tmp_path / "out"
+        out = tmp_path / (out or "out")
         cmd = [mpiexec_path(), "-n", str(n), sys.executable, "-m", "psgd", "run", str(cfg),
                "--out", str(out), *extra_args]
         for s in sets:

@@ -1,0 +1,125 @@
+"""Algorithms in-process (no MPI): the server/worker hooks on small least-squares problems."""
+
+import numpy as np
+import pytest
+
+from psgd import algorithms
+from psgd.compressors import get_compressor
+
+
+class LocalLS:
+    """f_i(x) = 1/(2 m_i) ||A_i x - b_i||^2 + l2/2 ||x||^2."""
+
+    def __init__(self, A, b, l2):
+        self.A, self.b, self.l2 = A, b, l2
+
+    def grad(self, x):
+        return self.A.T @ (self.A @ x - self.b) / len(self.b) + self.l2 * x
+
+
+def make_problem(n=4, m=40, d=12, l2=0.1, seed=0):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n * m, d))
+    b = rng.standard_normal(n * m)
+    locs = [LocalLS(A[i * m:(i + 1) * m], b[i * m:(i + 1) * m], l2) for i in range(n)]
+    H = A.T @ A / len(b) + l2 * np.eye(d)
+    x_star = np.linalg.solve(H, A.T @ b / len(b))
+    L_i = [np.linalg.eigvalsh(l.A.T @ l.A / m).max() + l2 for l in locs]
+    ev = np.linalg.eigvalsh(H)
+    consts = algorithms.Constants(L=ev.max(), L_i=L_i, mu=ev.min(), d=d)
+    return locs, x_star, consts
+
+
+def cfg_for(name, form=None, **alg):
+    return {"algorithm": {"name": name, "stepsize": "theory", "batch_size": None,
+                          "async_form": form, **alg}}
+
+
+def simulate(alg, comp, locs, steps, seed=0, order=None):
+    d = locs[0].A.shape[1]
+    rng = np.random.default_rng(seed)
+    ss = alg.server_init(np.zeros(d))
+    wss = [alg.worker_init(d) for _ in locs]
+    for _ in range(steps):
+        batch = []
+        for i in (order or range(len(locs))):
+            v = alg.worker_vector(wss[i], locs[i].grad(ss.x))
+            buf, y = comp.encode_decode(v, rng)
+            y *= alg.hyper.message_scale
+            alg.worker_update(wss[i], v, y)
+            batch.append((i, comp.decode(buf, d=d) * alg.hyper.message_scale))
+        alg.server_apply(ss, sorted(batch, key=lambda t: t[0]), lambda x, g: x)
+    return ss.x
+
+
+def build(name, comp, consts, n=4, form=None, **alg):
+    c = cfg_for(name, form, **alg)
+    w = np.full(n, 1.0 / n)
+    hyper = algorithms.get_algorithm_class(name).resolve(c, comp, consts, w, 0)
+    return algorithms.get_algorithm_class(name)(c["algorithm"], hyper, w)
+
+
+TERN = {"name": "random_dithering", "levels": 1, "norm": "inf"}
+
+
+def test_diana_converges_exactly_where_dqgd_stalls():
+    locs, x_star, consts = make_problem()
+    comp = get_compressor(TERN)
+    x_diana = simulate(build("diana", comp, consts), comp, locs, 3000)
+    x_dqgd = simulate(build("dqgd", comp, consts), comp, locs, 3000)
+    assert np.linalg.norm(x_diana - x_star) < 1e-9
+    assert np.linalg.norm(x_dqgd - x_star) > 1e-4
+
+
+def test_diana_theory_constants():
+    _, _, consts = make_problem(d=112)
+    comp = get_compressor(TERN)
+    alg = build("diana", comp, consts, n=10)
+    omega = (np.sqrt(112) - 1) / 2
+    assert alg.hyper.alpha == pytest.approx(1 / (1 + omega))
+    # papers.md E.9: gamma L = 1/(1 + 6 omega / n) = 0.258 for l-inf, d = 112, n = 10
+    assert alg.hyper.gamma * consts.L == pytest.approx(1 / (1 + 6 * omega / 10))
+    assert alg.hyper.gamma * consts.L == pytest.approx(0.258, abs=1e-3)
+
+
+def test_gd_identity_matches_plain_gradient_descent():
+    locs, x_star, consts = make_problem()
+    comp = get_compressor({"name": "identity"})
+    x = simulate(build("gd", comp, consts), comp, locs, 2000)
+    assert np.linalg.norm(x - x_star) < 1e-10
+
+
+@pytest.mark.parametrize("name", ["dqgd", "diana"])
+def test_table_and_direct_forms_agree_with_full_batches(name):
+    locs, _, consts = make_problem()
+    comp = get_compressor(TERN)
+    xt = simulate(build(name, comp, consts, form="table"), comp, locs, 50, seed=1)
+    xd = simulate(build(name, comp, consts, form="direct"), comp, locs, 50, seed=1)
+    assert np.max(np.abs(xt - xd)) < 1e-12
+
+
+def test_ef21_and_ef_converge_with_a_contracted_unbiased_compressor():
+    locs, x_star, consts = make_problem()
+    comp = get_compressor(TERN)
+    ef21 = build("ef21", comp, consts)
+    assert ef21.hyper.message_scale == pytest.approx(1 / (1 + comp.omega(12)))
+    assert np.linalg.norm(simulate(ef21, comp, locs, 4000) - x_star) < 1e-8
+    x_ef = simulate(build("ef", comp, consts), comp, locs, 4000)
+    assert np.linalg.norm(x_ef - x_star) < 1e-2
+
+
+def test_diana_momentum_converges():
+    locs, x_star, consts = make_problem()
+    comp = get_compressor(TERN)
+    x = simulate(build("diana", comp, consts, momentum=0.5), comp, locs, 4000)
+    assert np.linalg.norm(x - x_star) < 1e-8
+
+
+def test_unequal_weights_generalise_one_over_n():
+    _, _, consts = make_problem()
+    comp = get_compressor(TERN)
+    c = cfg_for("dqgd")
+    w = np.array([0.7, 0.1, 0.1, 0.1])
+    h = algorithms.get_algorithm_class("dqgd").resolve(c, comp, consts, w, 0)
+    omega = comp.omega(12)
+    assert h.gamma == pytest.approx(1 / (consts.L * (1 + 2 * omega * np.sum(w ** 2))))
