@@ -168,7 +168,7 @@ def test_fuzz_only_data_format_errors(tmp_path):
     alphabet = b" \t\n\r:.-+eE0123456789\x00\xffxn"
     rnd = random.Random(1234)
     path = tmp_path / "fuzz"
-    for _ in range(1500):
+    for _ in range(1000):
         b = bytearray(rnd.choice(seeds))
         for _ in range(rnd.randint(1, 5)):
             p = rnd.randrange(len(b)) if b else 0
