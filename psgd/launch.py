@@ -10,6 +10,7 @@ naming the rank and calls ``MPI.COMM_WORLD.Abort(1)``, which ends the whole job.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import traceback
@@ -17,11 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import algorithms, config, metrics, problems
+from . import algorithms, checkpoint, config, metrics, problems
 from .compressors import get_compressor
 from .errors import ConfigError, DataFormatError, PsgdError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: the run was stopped by SIGTERM/SIGUSR1 after writing a checkpoint; --resume continues it
+EXIT_CHECKPOINTED = 3
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 @dataclass
@@ -116,11 +120,18 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False) -
 
     # -- setup on every rank, then agree on whether it worked ---------------------------
     code, message = EXIT_OK, ""
-    ctx = None
+    ctx = resume_step = None
+    # The server turns SIGTERM/SIGUSR1 (SLURM's warning before the time limit) into
+    # "checkpoint and stop"; workers must survive the signal until the server stops them.
+    received = []
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: received.append(signum))
     try:
         cfg = config.load(path, overrides)
         if out is not None:
             cfg["output"]["dir"] = out
+        if resume:
+            resume_step = checkpoint.check_resumable(cfg["output"]["dir"], cfg)
         ctx = build_context(cfg, size - 1)
     except (ConfigError, DataFormatError) as exc:
         code, message = EXIT_USAGE, f"psgd: error: {exc}"
@@ -141,10 +152,13 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False) -
     role = "server" if rank == 0 else f"worker {rank - 1}"
     try:
         if rank == 0:
-            return _run_server(comm, ctx, resume)
+            return _run_server(comm, ctx, resume_step, received, path)
         from psgd.workers.loop import Worker
 
-        Worker(comm, ctx, rank - 1).run()
+        worker = Worker(comm, ctx, rank - 1)
+        if resume_step is not None:
+            worker.restore(resume_step)
+        worker.run()
         return EXIT_OK
     except BaseException as exc:  # noqa: BLE001
         text = str(exc) if isinstance(exc, PsgdError) else f"{type(exc).__name__}: {exc}"
@@ -156,7 +170,7 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False) -
         return EXIT_FAILED
 
 
-def _run_server(comm, ctx: RunContext, resume: bool) -> int:
+def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -> int:
     from psgd.server.loop import Server
 
     cfg = ctx.cfg
@@ -177,13 +191,19 @@ def _run_server(comm, ctx: RunContext, resume: bool) -> int:
           f"(solved in {t_solve:.1f} s)", flush=True)
     print(f"step sizes: gamma={h.gamma:.6g} alpha={h.alpha:.6g} momentum={h.momentum:g} "
           f"form={h.form} omega={_fmt(omega)} [{h.rule}]", flush=True)
-    mets = metrics.Metrics(ctx, out_dir)
-    server = Server(comm, ctx, mets)
+    mets = metrics.Metrics(ctx, out_dir, resume=resume_step is not None)
+    server = Server(comm, ctx, mets, stop_requests=received)
+    if resume_step is not None:
+        print(f"resuming from the checkpoint at step {resume_step}", flush=True)
     t0 = time.perf_counter()
-    status = server.run()
+    status = server.run(resume_step)
     wall = time.perf_counter() - t0
     last = mets.last
     mets.close()
+    if status == "interrupted":
+        print(f"stopped by signal {received[0]} at step {server.state.step}: checkpoint written; "
+              f"continue with: psgd run {path} --out {out_dir} --resume", flush=True)
+        return EXIT_CHECKPOINTED
     summary = {
         "status": status,
         "iterations": server.state.step,

@@ -25,7 +25,7 @@ def fmt_bits(bits: float) -> str:
 class Metrics:
     """Evaluates the model on rank 0 every ``log_every`` server updates and records it."""
 
-    def __init__(self, ctx, out_dir: str, stream=None, resume_from: dict | None = None):
+    def __init__(self, ctx, out_dir: str, stream=None, resume: bool = False):
         self.ctx = ctx
         self.log_every = ctx.cfg["run"]["log_every"]
         self.iterations = ctx.cfg["run"]["iterations"]
@@ -35,12 +35,21 @@ class Metrics:
         self.time_offset = 0.0
         self.last_step = None
         self.last = None
-        mode = "a" if resume_from else "w"
-        if resume_from:
-            self.time_offset = resume_from.get("time_s", 0.0)
-            self.last_step = resume_from.get("step")
-            self.last = resume_from
-        self.file = open(self.path, mode, buffering=1)
+        self.file = open(self.path, "a" if resume else "w", buffering=1)
+
+    def position(self) -> dict:
+        """Where the metrics stand, for a checkpoint."""
+        self.file.flush()
+        return {"offset": self.file.tell(), "time_s": self.elapsed(), "last": self.last}
+
+    def restore(self, pos: dict) -> None:
+        """Continue from a checkpoint: drop records written after it, keep the clock."""
+        self.file.truncate(pos["offset"])
+        self.file.seek(pos["offset"])
+        self.time_offset = pos["time_s"]
+        self.t0 = time.perf_counter()
+        self.last = pos["last"]
+        self.last_step = None if self.last is None else self.last["step"]
 
     def elapsed(self) -> float:
         return self.time_offset + time.perf_counter() - self.t0

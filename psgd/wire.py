@@ -5,7 +5,8 @@ Little-endian, 32 bytes, then the payload (a compressor's codec buffer)::
     offset  size  field
     0       4     magic b"PSGD"
     4       1     envelope format version (1)
-    5       1     kind: GRAD=1 (worker->server), MODEL=2 (server->worker), STOP=3, BYE=4
+    5       1     kind: GRAD=1 (worker->server), MODEL=2 (server->worker), STOP=3, BYE=4,
+                  CKPT=5 (server asks a worker to write its checkpoint file), ACK=6 (done)
     6       2     worker index (0-based; the server writes the destination worker)
     8       8     model version: the server update count the message refers to
                   (GRAD: the version the gradient was computed at; MODEL: the version sent)
@@ -29,8 +30,8 @@ from .errors import WireFormatError
 
 MAGIC = b"PSGD"
 VERSION = 1
-GRAD, MODEL, STOP, BYE = 1, 2, 3, 4
-KIND_NAMES = {GRAD: "GRAD", MODEL: "MODEL", STOP: "STOP", BYE: "BYE"}
+GRAD, MODEL, STOP, BYE, CKPT, ACK = 1, 2, 3, 4, 5, 6
+KIND_NAMES = {GRAD: "GRAD", MODEL: "MODEL", STOP: "STOP", BYE: "BYE", CKPT: "CKPT", ACK: "ACK"}
 
 _FIELDS = struct.Struct("<4sBBHQQI")
 _CRC = struct.Struct("<I")

@@ -17,23 +17,28 @@ synchronous algorithm exactly (an update needs every worker's fresh message).
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections import Counter
 
 import numpy as np
 from mpi4py import MPI
 
-from psgd import wire
+from psgd import checkpoint, wire
 from psgd.comm import TAG_DOWN, TAG_UP, Backoff, cancel_all, wait
 from psgd.errors import RunError, WireFormatError
 
 
+COUNTERS = ("bytes_up", "bytes_down", "messages_up", "messages_down")
+
+
 class Server:
-    def __init__(self, comm, ctx, metrics, checkpointer=None):
+    def __init__(self, comm, ctx, metrics, stop_requests=()):
         self.comm = comm
         self.ctx = ctx
         self.metrics = metrics
-        self.checkpointer = checkpointer
+        self.stop_requests = stop_requests  # filled by the signal handler
         self.n = comm.Get_size() - 1
         self.d = ctx.d
         self.tau = ctx.cfg["run"]["max_staleness"] if ctx.cfg["run"]["mode"] == "async" else 0
@@ -61,19 +66,27 @@ class Server:
 
     # -- main loop -------------------------------------------------------------------
 
-    def run(self, start_step=0):
+    def run(self, resume_step=None):
+        """Serve until the iteration budget, the target, or a stop signal; return the status."""
         ctx = self.ctx
         iterations = ctx.cfg["run"]["iterations"]
         target = ctx.cfg["run"]["target"]
-        self.state.step = start_step
+        every = ctx.cfg["run"]["checkpoint_every"]
+        if resume_step is not None:
+            self._restore(resume_step)
         for j in range(self.n):
             self._post_recv(j)
         for j in range(self.n):
-            self._send_model(j)
+            if j not in self.queued:
+                self._send_model(j)
         self.metrics.log(self, force=True)
         status = "max_iterations"
         backoff = Backoff()
         while self.state.step < iterations:
+            if self.stop_requests:
+                self._checkpoint()
+                status = "interrupted"
+                break
             t0 = time.perf_counter()
             done = self._completed()
             if not done:
@@ -83,16 +96,21 @@ class Server:
                 continue
             backoff.reset()
             self.timers["wait"] += time.perf_counter() - t0
-            for j in sorted(done):
+            for j in done:
                 self._receive(j)
-            if self._may_update():
-                self._update()
-                logged = self.metrics.log(self, force=self.state.step >= iterations)
-                if target is not None and logged is not None and logged["subopt"] <= target:
-                    status = "converged"
-                    break
-                if self.checkpointer is not None:
-                    self.checkpointer.maybe_save(self)
+            if not self._may_update():
+                continue
+            batch = self._update()
+            logged = self.metrics.log(self, force=self.state.step >= iterations)
+            if target is not None and logged is not None and logged["subopt"] <= target:
+                status = "converged"
+                break
+            if self.state.step >= iterations:
+                break  # no model for a gradient nobody would apply
+            if every and self.state.step % every == 0:
+                self._checkpoint()
+            for j in batch:
+                self._send_model(j)
         self.metrics.log(self, force=True)
         self._shutdown()
         return status
@@ -175,8 +193,7 @@ class Server:
         self.queued.clear()
         self.ctx.alg.server_apply(self.state, batch, self.ctx.prox)
         self.timers["apply"] += time.perf_counter() - t0
-        for j, _ in batch:
-            self._send_model(j)
+        return [j for j, _ in batch]
 
     # -- sending -----------------------------------------------------------------------
 
@@ -204,6 +221,103 @@ class Server:
         self.seq_out[j] += 1
         self.counters["bytes_down"] += n
         self.counters["messages_down"] += 1
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def _quiesce(self):
+        """Hold every reply until each computing worker has reported: nothing in flight."""
+        backoff = Backoff()
+        while self.computing.any():
+            done = self._completed()
+            if not done:
+                self._check_silence()
+                backoff.wait()
+                continue
+            for j in done:
+                self._receive(j)
+
+    def _checkpoint(self):
+        """Write a consistent checkpoint of every rank and commit it (see psgd.checkpoint)."""
+        out = self.ctx.cfg["output"]["dir"]
+        k = self.state.step
+        self._quiesce()
+        os.makedirs(checkpoint.step_dir(out, k), exist_ok=True)
+        for j in range(self.n):   # control messages: not counted as optimization traffic
+            wait(self.send_reqs[j], self.timeout, f"the model send to {self._sender(j)}")
+            n = wire.pack_into(self.send_bufs[j], wire.CKPT, j, k, self.seq_out[j], b"")
+            self.send_reqs[j] = self.comm.Isend([self.send_bufs[j][:n], MPI.BYTE], dest=j + 1,
+                                                tag=TAG_DOWN)
+        acked = set()
+        deadline = time.monotonic() + self.timeout + 30
+        backoff = Backoff()
+        while len(acked) < self.n:
+            done = self._completed()
+            if not done:
+                if time.monotonic() > deadline:
+                    raise RunError(f"checkpoint at step {k}: no acknowledgement from workers "
+                                   f"{sorted(set(range(self.n)) - acked)}")
+                backoff.wait()
+                continue
+            for j in done:
+                nbytes = self.statuses[j].Get_count(MPI.BYTE)
+                try:
+                    header, _ = wire.parse(self.recv_bufs[j], nbytes, sender=self._sender(j))
+                except WireFormatError as exc:
+                    raise RunError(f"bad message from {self._sender(j)}: {exc}") from None
+                if header.kind != wire.ACK:
+                    raise RunError(f"{self._sender(j)} sent {wire.KIND_NAMES[header.kind]} "
+                                   f"during checkpoint {k}")
+                acked.add(j)
+                self._post_recv(j)
+        try:
+            checkpoint.save_arrays(os.path.join(checkpoint.step_dir(out, k), "server.npz"),
+                                   self._state_arrays())
+            checkpoint.commit(out, k)
+        except OSError as exc:
+            prev = checkpoint.latest(out)
+            raise RunError(f"checkpoint at step {k} could not be written ({exc.strerror or exc}); "
+                           f"the previous checkpoint ({'step ' + str(prev) if prev is not None else 'none'}) "
+                           f"is intact") from None
+        print(f"checkpoint: step {k} written to {checkpoint.step_dir(out, k)}", flush=True)
+
+    def _state_arrays(self) -> dict:
+        ss = self.state
+        queued = sorted(self.queued)
+        m = self.metrics
+        return {
+            "step": np.array(ss.step), "x": ss.x, "entries": ss.entries, "entries_sum": ss.entries_sum,
+            "shifts": ss.shifts, "velocity": ss.velocity, "fresh": ss.fresh,
+            "counters": np.array([self.counters[k] for k in COUNTERS], dtype=np.int64),
+            "staleness": np.array(sorted(self.staleness.items()), dtype=np.int64).reshape(-1, 2),
+            "seq_in": self.seq_in, "seq_out": self.seq_out, "sent_version": self.sent_version,
+            "queued_workers": np.array(queued, dtype=np.int64),
+            "queued_versions": np.array([self.queued[j][0] for j in queued], dtype=np.int64),
+            "queued_messages": (np.array([self.queued[j][1] for j in queued]) if queued
+                                else np.zeros((0, self.d))),
+            "mirror": self.mirror,
+            "down_rng": checkpoint.rng_state(self.ctx.down_rng),
+            "metrics": np.array(json.dumps(m.position())),
+        }
+
+    def _restore(self, step):
+        out = self.ctx.cfg["output"]["dir"]
+        a = checkpoint.load_arrays(os.path.join(checkpoint.step_dir(out, step), "server.npz"))
+        ss = self.state
+        ss.step = int(a["step"])
+        ss.x = a["x"]
+        for name in ("entries", "entries_sum", "shifts", "velocity"):
+            if name in a:
+                setattr(ss, name, a[name])
+        ss.fresh = a["fresh"]
+        self.counters.update(dict(zip(COUNTERS, (int(v) for v in a["counters"]))))
+        self.staleness.update({int(k): int(v) for k, v in a["staleness"]})
+        self.seq_in, self.seq_out, self.sent_version = a["seq_in"], a["seq_out"], a["sent_version"]
+        for j, v, y in zip(a["queued_workers"], a["queued_versions"], a["queued_messages"]):
+            self.queued[int(j)] = (int(v), y)
+        if "mirror" in a:
+            self.mirror = a["mirror"]
+        checkpoint.set_rng_state(self.ctx.down_rng, a["down_rng"])
+        self.metrics.restore(json.loads(str(a["metrics"])))
 
     # -- shutdown ----------------------------------------------------------------------
 

@@ -8,12 +8,13 @@ On STOP the worker answers BYE, completes every request and returns.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 from mpi4py import MPI
 
-from psgd import wire
+from psgd import checkpoint, wire
 from psgd.comm import SERVER, TAG_DOWN, TAG_UP, wait
 from psgd.errors import RunError, WireFormatError
 
@@ -50,6 +51,10 @@ class Worker:
             header, payload = self._parse(status)
             if header.kind == wire.STOP:
                 break
+            if header.kind == wire.CKPT:
+                self._checkpoint(header.version)
+                req = self._post_recv()
+                continue
             self._apply_model(payload)
             req = self._post_recv()
             self._send_gradient(header.version)
@@ -65,14 +70,15 @@ class Worker:
         nbytes = status.Get_count(MPI.BYTE)
         try:
             header, payload = wire.parse(self.recv_buf, nbytes, sender="the server")
-            if header.kind not in (wire.MODEL, wire.STOP) or header.worker != self.j \
+            if header.kind not in (wire.MODEL, wire.STOP, wire.CKPT) or header.worker != self.j \
                     or header.seq != self.seq_in:
                 raise WireFormatError(f"unexpected {wire.KIND_NAMES[header.kind]} message "
                                       f"(worker {header.worker}, seq {header.seq}; expected "
                                       f"worker {self.j}, seq {self.seq_in})")
         except WireFormatError as exc:
             raise RunError(f"worker {self.j}: bad message from the server: {exc}") from None
-        self.seq_in += 1
+        if header.kind != wire.CKPT:  # checkpoint control does not advance the sequence
+            self.seq_in += 1
         return header, payload
 
     def _apply_model(self, payload):
@@ -81,6 +87,31 @@ class Worker:
             self.x = down.decode(payload, d=self.d)
         else:
             down.decode_add(payload, self.x)
+
+    # -- checkpoints -----------------------------------------------------------------
+
+    def _state_path(self, step):
+        return os.path.join(checkpoint.step_dir(self.ctx.cfg["output"]["dir"], step),
+                            f"worker-{self.j}.npz")
+
+    def _checkpoint(self, step):
+        """Write this worker's state for the server's checkpoint ``step``, then ACK."""
+        checkpoint.save_arrays(self._state_path(step), {
+            "memory": self.state.memory, "x": self.x,
+            "seq": np.array([self.seq_in, self.seq_out]),
+            "rng": checkpoint.rng_state(self.rng), "batch_rng": checkpoint.rng_state(self.batch_rng)})
+        wait(self.send_req, self.deadline, f"the previous send of worker {self.j}")
+        n = wire.pack_into(self.send_buf, wire.ACK, self.j, step, self.seq_out, b"")
+        self.send_req = self.comm.Isend([self.send_buf[:n], MPI.BYTE], dest=SERVER, tag=TAG_UP)
+
+    def restore(self, step):
+        a = checkpoint.load_arrays(self._state_path(step))
+        if "memory" in a:
+            self.state.memory = a["memory"]
+        self.x = a["x"]
+        self.seq_in, self.seq_out = (int(v) for v in a["seq"])
+        checkpoint.set_rng_state(self.rng, a["rng"])
+        checkpoint.set_rng_state(self.batch_rng, a["batch_rng"])
 
     # -- sending ---------------------------------------------------------------------
 
