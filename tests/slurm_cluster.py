@@ -1,0 +1,434 @@
+"""Bring up a real single-node SLURM cluster in a temporary directory (for tests).
+
+Nothing here touches /etc/slurm: every file (slurm.conf, state, spool, logs, pid files)
+lives in a fresh temp dir and clients find it through ``SLURM_CONF``.  The daemons run in
+the foreground (``-D``) as our own child processes, so we know their pids exactly and can
+always stop them.  Every wait has a timeout; nothing here can hang.
+
+Requirements: Debian-like system, root, ``apt-get`` (to install the Debian packages
+``slurmctld slurmd slurm-client munge`` when they are missing).  When any of that is not
+available, :func:`ensure_slurm` raises :class:`SlurmUnavailable` with a clear reason, which
+tests turn into a skip.
+
+Usage::
+
+    with SlurmCluster() as cluster:          # start() ... stop()
+        jobid = cluster.sbatch(["--wait", "job.sbatch"], cwd=repo, timeout=120)
+        info = cluster.job(jobid)             # {'JobState': 'COMPLETED', 'ExitCode': '0:0', ...}
+
+Facts this relies on are in shared/notes/slurm-ci.md (Slurm 22.05, munge 0.5, no systemd).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
+BINARIES = ["slurmctld", "slurmd", "sbatch", "srun", "scontrol", "sinfo", "squeue",
+            "scancel", "munged", "munge", "unmunge"]
+SBIN_DIRS = ["/usr/sbin", "/sbin", "/usr/local/sbin"]
+NODE = "localhost"
+MUNGE_PIDFILE = Path("/run/munge/munged.pid")
+
+
+class SlurmUnavailable(RuntimeError):
+    """SLURM cannot be brought up here; the message says why (used as a skip reason)."""
+
+
+def _which(name: str) -> str | None:
+    path = os.environ.get("PATH", "") + os.pathsep + os.pathsep.join(SBIN_DIRS)
+    return shutil.which(name, path=path)
+
+
+def _missing_binaries() -> list[str]:
+    return [b for b in BINARIES if _which(b) is None]
+
+
+def _run(cmd, timeout: float, env=None, check=False, **kw) -> subprocess.CompletedProcess:
+    """subprocess.run with a timeout that never raises TimeoutExpired (returns rc 124)."""
+    try:
+        return subprocess.run(cmd, env=env, timeout=timeout, check=check, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    except subprocess.TimeoutExpired as e:
+        def _s(x):
+            return x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+        return subprocess.CompletedProcess(cmd, 124, _s(e.stdout),
+                                           _s(e.stderr) + f"\n[timed out after {timeout}s]")
+
+
+def ensure_slurm(install: bool = True, timeout: float = 600) -> None:
+    """Make sure the SLURM and munge binaries exist, installing the Debian packages if
+    allowed (root + apt-get).  Raises SlurmUnavailable(reason) otherwise."""
+    missing = _missing_binaries()
+    if not missing:
+        return
+    if not install:
+        raise SlurmUnavailable(f"SLURM binaries missing ({', '.join(missing)}) and install disabled")
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        raise SlurmUnavailable(f"SLURM binaries missing ({', '.join(missing)}) and not root "
+                               "(cannot apt-get install " + " ".join(PACKAGES) + ")")
+    apt = shutil.which("apt-get")
+    if apt is None:
+        raise SlurmUnavailable(f"SLURM binaries missing ({', '.join(missing)}) and no apt-get")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install_cmd = [apt, "install", "-y", "-q", "--no-install-recommends",
+                   "-o", "DPkg::Lock::Timeout=120", *PACKAGES]
+    deadline = time.monotonic() + timeout
+    r = _run(install_cmd, timeout=max(10.0, deadline - time.monotonic()), env=env)
+    if r.returncode != 0:
+        # Package lists may be missing or stale: update once and retry.
+        _run([apt, "update", "-q", "-o", "DPkg::Lock::Timeout=120"],
+             timeout=max(10.0, min(300.0, deadline - time.monotonic())), env=env)
+        r = _run(install_cmd, timeout=max(10.0, deadline - time.monotonic()), env=env)
+    missing = _missing_binaries()
+    if missing:
+        tail = (r.stderr or r.stdout or "").strip().splitlines()[-3:]
+        raise SlurmUnavailable(f"apt-get install {' '.join(PACKAGES)} failed (rc={r.returncode}); "
+                               f"still missing {', '.join(missing)}: {' | '.join(tail)}")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still "exists": reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_pid_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return True
+        time.sleep(0.1)
+    return not _pid_alive(pid)
+
+
+SLURM_CONF_TEMPLATE = """\
+# Generated by tests/slurm_cluster.py: single-node test cluster, all state under {d}
+ClusterName=psgdci
+SlurmctldHost=localhost
+SlurmUser=root
+SlurmdUser=root
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+AuthType=auth/munge
+CredType=cred/munge
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd.pid
+SlurmctldLogFile={d}/log/slurmctld.log
+SlurmdLogFile={d}/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+SwitchType=switch/none
+MailProg=/bin/true
+MpiDefault=pmi2
+ReturnToService=2
+JobCompType=jobcomp/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SlurmdParameters=config_overrides
+KillWait={kill_wait}
+MinJobAge=600
+InactiveLimit=0
+NodeName={node} NodeHostname=localhost NodeAddr=127.0.0.1 CPUs={cpus} Boards=1 SocketsPerBoard=1 CoresPerSocket={cpus} ThreadsPerCore=1 RealMemory=1000 State=UNKNOWN
+PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+"""
+
+
+class SlurmCluster:
+    """A single-node SLURM (slurmctld + slurmd on localhost) living in a temp dir."""
+
+    def __init__(self, cpus: int = 8, workdir: str | os.PathLike | None = None,
+                 kill_wait: int = 10, extra_path: list[str] | None = None,
+                 keep_dir: bool = False):
+        self.cpus = cpus
+        self.kill_wait = kill_wait
+        self._own_dir = workdir is None
+        self.dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="psgd-slurm-"))
+        self.keep_dir = keep_dir
+        self.conf = self.dir / "slurm.conf"
+        self.ctld: subprocess.Popen | None = None
+        self.slurmd: subprocess.Popen | None = None
+        self.munged_pid: int | None = None   # set only if we started munged
+        self.timings: dict[str, float] = {}
+        # Jobs run with the submitting environment (sbatch --export=ALL is the default):
+        # put this Python's bin dir first, so jobs use the psgd installed next to it.
+        path = [str(Path(sys.executable).parent), *(extra_path or [])]
+        path += [os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), *SBIN_DIRS]
+        self.env = dict(os.environ, SLURM_CONF=str(self.conf), PATH=os.pathsep.join(path))
+        for var in list(self.env):  # never inherit a surrounding allocation
+            if var.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")) and var != "SLURM_CONF":
+                del self.env[var]
+
+    # ---------------------------------------------------------------- lifecycle
+    def __enter__(self) -> "SlurmCluster":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 60) -> None:
+        t0 = time.monotonic()
+        ensure_slurm()
+        self.timings["install"] = time.monotonic() - t0
+        for sub in ("state", "spool", "log"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(SLURM_CONF_TEMPLATE.format(
+            d=self.dir, ctld_port=_free_port(), slurmd_port=_free_port(), node=NODE,
+            cpus=self.cpus, kill_wait=self.kill_wait))
+        t1 = time.monotonic()
+        self._start_munge(timeout=15)
+        devnull = subprocess.DEVNULL
+        out = open(self.dir / "log" / "daemons.out", "ab")
+        try:
+            self.ctld = subprocess.Popen(
+                [_which("slurmctld"), "-D", "-i", "-f", str(self.conf)],
+                env=self.env, stdin=devnull, stdout=out, stderr=out, start_new_session=True)
+            self._wait_for(self._ctld_up, timeout=20, what="slurmctld to answer 'scontrol ping'")
+            self.slurmd = subprocess.Popen(
+                [_which("slurmd"), "-D", "-f", str(self.conf), "-N", NODE],
+                env=self.env, stdin=devnull, stdout=out, stderr=out, start_new_session=True)
+        finally:
+            out.close()
+        self._wait_node_idle(timeout=max(5.0, timeout - (time.monotonic() - t0)))
+        self.timings["bringup"] = time.monotonic() - t1
+
+    def stop(self, timeout: float = 30) -> None:
+        """Cancel every job, shut the daemons down, stop munged if we started it."""
+        t0 = time.monotonic()
+        if self.ctld is not None and self.ctld.poll() is None:
+            self.run(["scancel", "--user", str(os.getuid())], timeout=10)
+            self._wait_for(lambda: not self.run(["squeue", "-h", "-o", "%i"],
+                                                timeout=5).stdout.strip(),
+                           timeout=self.kill_wait + 10, what="jobs to end", raise_=False)
+            self.run(["scontrol", "shutdown"], timeout=10)
+        for name in ("slurmd", "ctld"):
+            proc = getattr(self, name)
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=max(1.0, timeout / 2))
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+            setattr(self, name, None)
+        self._stop_munge()
+        self.timings["shutdown"] = time.monotonic() - t0
+        if self._own_dir and not self.keep_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # ---------------------------------------------------------------- munge
+    def _munge_ok(self) -> bool:
+        try:
+            cred = subprocess.run([_which("munge"), "-n"], capture_output=True, timeout=5)
+            if cred.returncode != 0:
+                return False
+            r = subprocess.run([_which("unmunge")], input=cred.stdout, capture_output=True,
+                               timeout=5)
+            return r.returncode == 0
+        except (subprocess.TimeoutExpired, OSError):
+            return False
+
+    def _start_munge(self, timeout: float) -> None:
+        if self._munge_ok():
+            return  # a munged is already running (system's or another cluster's): share it
+        key = Path("/etc/munge/munge.key")
+        if not key.exists():
+            r = _run([_which("mungekey") or "mungekey", "--create"], timeout=30)
+            if r.returncode != 0:
+                raise SlurmUnavailable(f"no {key} and 'mungekey --create' failed: {r.stderr.strip()}")
+            _run(["chown", "munge:munge", str(key)], timeout=10)
+            key.chmod(0o400)
+        for d in ("/run/munge", "/var/lib/munge", "/var/log/munge"):
+            _run(["install", "-d", "-o", "munge", "-g", "munge", "-m", "0755", d], timeout=10)
+        r = _run(["runuser", "-u", "munge", "--", _which("munged")], timeout=15)
+        if r.returncode != 0 and "already running" not in (r.stderr or ""):
+            raise SlurmUnavailable(f"munged failed to start (rc={r.returncode}): {r.stderr.strip()}")
+        self._wait_for(self._munge_ok, timeout=timeout, what="munged to issue credentials")
+        try:
+            self.munged_pid = int(MUNGE_PIDFILE.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            self.munged_pid = None
+
+    def _stop_munge(self) -> None:
+        pid, self.munged_pid = self.munged_pid, None
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        if not _wait_pid_gone(pid, 10):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _wait_pid_gone(pid, 5)
+
+    # ---------------------------------------------------------------- helpers
+    def _wait_for(self, pred, timeout: float, what: str, interval: float = 0.25,
+                  raise_: bool = True) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            for name in ("ctld", "slurmd"):
+                proc = getattr(self, name, None)
+                if proc is not None and proc.poll() is not None and raise_:
+                    raise SlurmUnavailable(f"{name} exited with {proc.returncode} while waiting "
+                                           f"for {what}; log: {self.log_tail()}")
+            if pred():
+                return True
+            if time.monotonic() >= deadline:
+                if raise_:
+                    raise SlurmUnavailable(f"timed out after {timeout:.0f}s waiting for {what}; "
+                                           f"log: {self.log_tail()}")
+                return False
+            time.sleep(interval)
+
+    def log_tail(self, n: int = 8) -> str:
+        lines = []
+        for name in ("daemons.out", "slurmctld.log", "slurmd.log"):
+            p = self.dir / "log" / name
+            if p.exists():
+                tail = p.read_text(errors="replace").strip().splitlines()[-n:]
+                lines.append(f"[{name}] " + " | ".join(tail))
+        return " ".join(lines) or "(no logs)"
+
+    def _ctld_up(self) -> bool:
+        r = self.run(["scontrol", "ping"], timeout=5)
+        return r.returncode == 0 and "UP" in r.stdout
+
+    def node_state(self) -> str:
+        r = self.run(["sinfo", "-h", "-N", "-n", NODE, "-o", "%t"], timeout=5)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    def _wait_node_idle(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        resumed = 0.0
+        while True:
+            state = self.node_state()
+            if state.rstrip("*~#!%$@^-") in ("idle", "mix", "alloc"):
+                return
+            if any(s in state for s in ("down", "drain", "drng", "fail")) and \
+                    time.monotonic() - resumed > 2:
+                self.run(["scontrol", "update", f"NodeName={NODE}", "State=RESUME"], timeout=5)
+                resumed = time.monotonic()
+            for name in ("ctld", "slurmd"):
+                proc = getattr(self, name)
+                if proc is not None and proc.poll() is not None:
+                    raise SlurmUnavailable(f"{name} exited with {proc.returncode}; "
+                                           f"log: {self.log_tail()}")
+            if time.monotonic() >= deadline:
+                raise SlurmUnavailable(f"node {NODE} not idle after {timeout:.0f}s "
+                                       f"(state {state!r}); log: {self.log_tail()}")
+            time.sleep(0.25)
+
+    def run(self, cmd: list[str], timeout: float = 30, cwd=None, env=None
+            ) -> subprocess.CompletedProcess:
+        """Run a SLURM client command against this cluster (never raises on timeout)."""
+        exe = _which(cmd[0]) or cmd[0]
+        return _run([exe, *cmd[1:]], timeout=timeout, env=env or self.env, cwd=cwd)
+
+    def sbatch(self, args: list[str], cwd=None, timeout: float = 120, env=None) -> str:
+        """Submit with ``sbatch --parsable ARGS`` (add ``--wait`` to block, bounded by timeout).
+        Returns the job id.  On a timeout the job is cancelled and TimeoutError raised."""
+        r = self.run(["sbatch", "--parsable", *args], timeout=timeout, cwd=cwd, env=env)
+        jobid = r.stdout.strip().splitlines()[0].split(";")[0] if r.stdout.strip() else ""
+        if r.returncode == 124:
+            if jobid:
+                self.run(["scancel", jobid], timeout=10)
+            raise TimeoutError(f"sbatch {shlex.join(args)} did not finish within {timeout}s "
+                               f"(job {jobid or '?'}): {self.queue()}")
+        if not jobid:
+            raise RuntimeError(f"sbatch failed (rc={r.returncode}): {r.stderr.strip()}")
+        return jobid
+
+    def job(self, jobid: str) -> dict[str, str]:
+        """``scontrol -o show job ID`` as a dict (first record: use jobs() for arrays)."""
+        jobs = self.jobs(jobid)
+        return jobs[0] if jobs else {}
+
+    def jobs(self, jobid: str) -> list[dict[str, str]]:
+        r = self.run(["scontrol", "-o", "show", "job", str(jobid)], timeout=10)
+        out = []
+        for line in r.stdout.splitlines():
+            rec = {}
+            for tok in line.split():
+                if "=" in tok:
+                    k, v = tok.split("=", 1)
+                    rec.setdefault(k, v)
+            if rec:
+                out.append(rec)
+        return out
+
+    def wait_job(self, jobid: str, timeout: float, states=("COMPLETED", "FAILED", "CANCELLED",
+                 "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+                 "PREEMPTED"), poll: float = 0.5) -> dict[str, str]:
+        """Poll until every record of the job is in one of ``states``; returns the first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            recs = self.jobs(jobid)
+            if recs and all(r.get("JobState") in states for r in recs):
+                return recs[0]
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"job {jobid} not in {states} after {timeout}s: "
+                                   f"{[(r.get('JobId'), r.get('JobState'), r.get('Reason')) for r in recs]}")
+            time.sleep(poll)
+
+    def queue(self) -> str:
+        return self.run(["squeue", "-o", "%i %j %T %r %M"], timeout=10).stdout.strip()
+
+
+if __name__ == "__main__":  # manual smoke test: python tests/slurm_cluster.py [script.sbatch]
+    t = time.monotonic()
+    with SlurmCluster(keep_dir=True) as c:
+        print("cluster dir", c.dir, "timings", c.timings)
+        print(c.run(["sinfo"]).stdout)
+        if len(sys.argv) > 1:
+            t1 = time.monotonic()
+            jid = c.sbatch(["--wait", *sys.argv[1:]], cwd=os.getcwd(), timeout=120)
+            print("job", jid, {k: c.job(jid).get(k) for k in ("JobState", "ExitCode")},
+                  f"{time.monotonic() - t1:.1f}s")
+    print("timings", c.timings, f"total {time.monotonic() - t:.1f}s")
