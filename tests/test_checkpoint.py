@@ -1,0 +1,158 @@
+"""Checkpoints: SIGKILL at random steps + --resume == an uninterrupted run; SIGTERM checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from psgd import checkpoint
+
+pytestmark = pytest.mark.mpi
+
+CFG = {
+    "seed": 7,
+    "problem": {"name": "logistic", "l2": 0.05},
+    "data": {"source": "synthetic", "n_samples": 800, "n_features": 40},
+    "algorithm": {"name": "diana"},
+    "compressor": {"name": "random_dithering", "levels": 1, "norm": "2", "block_size": 10},
+    "run": {"iterations": 400, "log_every": 10, "checkpoint_every": 25, "timeout_s": 30},
+}
+
+
+def _mpiexec():
+    from pathlib import Path
+    import shutil
+
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else shutil.which("mpiexec")
+
+
+def start(tmp_path, out, *extra, delay=0.0, n=4):
+    cfg = dict(CFG, run=dict(CFG["run"], worker_delay={0: delay} if delay else {}))
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [_mpiexec(), "-n", str(n), sys.executable, "-m", "psgd", "run", str(path),
+           "--out", str(out), *extra]
+    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def finish(proc, timeout=120):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("psgd run did not finish in time (hang?)")
+    return proc.returncode, out, err
+
+
+def summary(out):
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_sigkill_at_random_steps_then_resume_matches_uninterrupted(tmp_path):
+    ref_out = tmp_path / "ref"
+    code, _, err = finish(start(tmp_path, ref_out))
+    assert code == 0, err
+    ref = summary(ref_out)
+
+    out = tmp_path / "killed"
+    rng = np.random.default_rng(0)
+    kill_points = sorted(rng.choice(np.arange(1, 15), size=3, replace=False) * 25)
+    resumed = False
+    for point in kill_points:
+        # a straggler keeps the run slow enough to be caught mid-way
+        proc = start(tmp_path, out, *(["--resume"] if resumed else []), delay=0.004)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            step = checkpoint.latest(str(out)) if (out / "checkpoints").exists() else None
+            if step is not None and step >= point:
+                break
+            time.sleep(0.02)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        resumed = checkpoint.latest(str(out)) is not None
+        assert resumed
+    code, stdout, err = finish(start(tmp_path, out, "--resume"))
+    assert code == 0, err
+    assert "resuming from the checkpoint at step" in stdout
+    got = summary(out)
+    assert got["final_loss"] == ref["final_loss"]
+    assert got["bits_up_total"] == ref["bits_up_total"]
+    assert got["bits_down_total"] == ref["bits_down_total"]
+    assert np.array_equal(np.load(out / "model.npy"), np.load(ref_out / "model.npy"))
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    ref_steps = [json.loads(l)["step"] for l in (ref_out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == ref_steps  # no duplicated or lost records across the kills
+
+
+def test_sigterm_checkpoints_within_5s_exits_3_and_resume_completes(tmp_path):
+    out = tmp_path / "term"
+    proc = start(tmp_path, out, "--set", "run.iterations=100000", "--set", "run.checkpoint_every=100000",
+                 delay=0.002)
+    deadline = time.monotonic() + 60
+    while not (out / "metrics.jsonl").exists() or (out / "metrics.jsonl").stat().st_size < 200:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    code, stdout, err = finish(proc, timeout=30)
+    took = time.monotonic() - t0
+    assert code == 3, (code, err)
+    assert took < 5, f"checkpoint-and-stop took {took:.1f} s"
+    step = checkpoint.latest(str(out))
+    assert step is not None and step > 0
+    assert not (out / "summary.json").exists()
+    code, stdout, err = finish(start(tmp_path, out, "--resume", "--set", f"run.iterations={step + 50}",
+                                     "--set", "run.checkpoint_every=100000"))
+    assert code == 0, err
+    assert summary(out)["iterations"] == step + 50
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    code, _, err = finish(start(tmp_path, tmp_path / "empty", "--resume"))
+    assert code == 2
+    assert "--resume: no checkpoint" in err
+
+
+def test_resume_with_changed_algorithm_is_refused(tmp_path):
+    out = tmp_path / "a"
+    code, _, err = finish(start(tmp_path, out, "--set", "run.iterations=50"))
+    assert code == 0, err
+    code, _, err = finish(start(tmp_path, out, "--resume", "--set", "algorithm.name=dqgd"))
+    assert code == 2 and "section algorithm differs" in err
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path):
+    out = tmp_path / "full"
+    code, _, err = finish(start(tmp_path, out, "--set", "run.iterations=60"))
+    assert code == 0, err
+    assert checkpoint.latest(str(out)) == 50
+    # the next checkpoint cannot be created (a file is in the way, as good as a full disk)
+    (out / "checkpoints" / "step-000000100").write_text("in the way")
+    code, _, err = finish(start(tmp_path, out, "--resume", "--set", "run.iterations=200"))
+    assert code == 1
+    assert "checkpoint at step 100 could not be written" in err and "step 50) is intact" in err
+    assert checkpoint.latest(str(out)) == 50
+    assert "x" in checkpoint.load_arrays(str(out / "checkpoints" / "step-000000050" / "server.npz"))
+
+
+def test_atomic_write_failure_leaves_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "x.npz"
+    checkpoint.save_arrays(str(path), {"a": np.arange(3)})
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        checkpoint.save_arrays(str(path), {"a": np.arange(5)})
+    assert list(checkpoint.load_arrays(str(path))["a"]) == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npz"]
