@@ -1,0 +1,156 @@
+"""``psgd bench runtime``: the parameter server's speed against an MPI.Allreduce baseline.
+
+For each (workers n, dimension d, mode) it runs ``mpiexec -n n+1 psgd run`` on a
+diagonal quadratic (O(d) gradients, so the runtime itself is what is measured) with
+DIANA and the ternary quantizer, and reads steps per second and the server's time
+split (wait, decode, apply, encode, send per step) from summary.json. In the same run
+it measures the baseline a Horovod or DDP user would run: uncompressed data-parallel
+GD with ``MPI.Allreduce`` over n ranks on the same problem. Ratios are psgd / baseline.
+On this 2-core machine more than 1 rank per core is oversubscribed: say so when quoting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import yaml
+
+PHASES = ("wait", "decode", "apply", "encode", "send")
+
+
+def _mpiexec():
+    import shutil
+
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.path.exists(here) else shutil.which("mpiexec")
+
+
+def _steps(d, n, budget):
+    return int(max(5, min(2000, budget / (d * max(n, 1)))))
+
+
+def _config(d, n, mode, tau, steps, out):
+    return {
+        "seed": 0,
+        "problem": {"name": "quadratic", "n_features": d, "mu": 0.1, "L": 1.0},
+        "algorithm": {"name": "diana"},
+        "compressor": {"name": "random_dithering", "levels": 1, "norm": "inf", "block_size": 1024},
+        "run": {"mode": mode, "max_staleness": tau if mode == "async" else 0, "iterations": steps,
+                "log_every": steps, "timeout_s": 600},
+        "output": {"dir": out},
+    }
+
+
+def run_psgd(d, n, mode, tau, steps, workdir):
+    out = os.path.join(workdir, f"ps-{n}-{d}-{mode}")
+    path = out + ".yaml"
+    with open(path, "w") as fh:
+        yaml.safe_dump(_config(d, n, mode, tau, steps, out), fh)
+    proc = subprocess.run([_mpiexec(), "-n", str(n + 1), sys.executable, "-m", "psgd", "run", path],
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"psgd run failed (n={n}, d={d}, {mode}): {proc.stderr.strip()[-500:]}")
+    with open(os.path.join(out, "summary.json")) as fh:
+        s = json.load(fh)
+    k = s["iterations"]
+    row = {"steps_per_s": k / s["wall_s"], "bits_up_per_step": s["bits_up_total"] / k}
+    for phase in PHASES:
+        row[f"{phase}_ms"] = 1e3 * s["server_time_s"].get(phase, 0.0) / k
+    return row
+
+
+def run_allreduce(d, n, steps):
+    proc = subprocess.run([_mpiexec(), "-n", str(n), sys.executable, "-m", "psgd.bench_runtime",
+                           "--allreduce-rank", str(d), str(steps)],
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"allreduce baseline failed (n={n}, d={d}): {proc.stderr.strip()[-500:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def allreduce_rank(d, steps):
+    """One rank of the baseline: local gradient, Allreduce(SUM) in float64, GD step."""
+    from mpi4py import MPI
+
+    from psgd import config, problems
+
+    comm = MPI.COMM_WORLD
+    n, rank = comm.Get_size(), comm.Get_rank()
+    cfg = config.validate(_config(d, n, "sync", 0, steps, "unused"))
+    ps = problems.make_problem(cfg["problem"], cfg["data"], cfg["seed"], n)
+    f = ps.local(rank)
+    x = np.zeros(d)
+    total = np.empty(d)
+    comm.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        g = f.grad(x)
+        comm.Allreduce(g, total, op=MPI.SUM)
+        x -= (1.0 / n) * total
+    comm.Barrier()
+    wall = time.perf_counter() - t0
+    if rank == 0:
+        print(json.dumps({"steps_per_s": steps / wall, "bits_per_step": 64 * d * n}))
+
+
+def main(argv) -> int:
+    p = argparse.ArgumentParser(prog="psgd bench runtime", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workers", default="1,2,4,8", help="comma-separated worker counts")
+    p.add_argument("--dims", default="1000,100000,10000000", help="comma-separated dimensions")
+    p.add_argument("--modes", default="sync,async")
+    p.add_argument("--tau", type=int, default=2, help="max_staleness for async runs")
+    p.add_argument("--budget", type=float, default=3e8,
+                   help="coordinates x workers per run; sets the step count (5..2000)")
+    p.add_argument("--json", help="write the rows to this file")
+    p.add_argument("--allreduce-rank", nargs=2, type=int, metavar=("D", "STEPS"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.allreduce_rank:
+        allreduce_rank(*args.allreduce_rank)
+        return 0
+    try:
+        workers = [int(v) for v in args.workers.split(",")]
+        dims = [int(float(v)) for v in args.dims.split(",")]
+        modes = args.modes.split(",")
+        if any(m not in ("sync", "async") for m in modes) or min(workers) < 1 or min(dims) < 1:
+            raise ValueError
+    except ValueError:
+        print("psgd: error: --workers/--dims take positive integers, --modes sync and/or async",
+              file=sys.stderr)
+        return 2
+    rows = []
+    header = (f"{'n':>2} {'d':>9} {'mode':>5} {'steps/s':>9} {'wait':>8} {'decode':>8} {'apply':>8} "
+              f"{'encode':>8} {'send':>8} {'allred/s':>9} {'ratio':>6} {'bits/step':>10}")
+    print("per-step server time in ms; allred/s = uncompressed MPI.Allreduce data-parallel GD on "
+          f"n ranks; ratio = psgd / allreduce; {os.cpu_count()} cores (oversubscribed beyond that)")
+    print(header)
+    with tempfile.TemporaryDirectory() as work:
+        for d in dims:
+            for n in workers:
+                steps = _steps(d, n, args.budget)
+                base = run_allreduce(d, n, steps)
+                for mode in modes:
+                    row = {"n": n, "d": d, "mode": mode, "steps": steps,
+                           **run_psgd(d, n, mode, args.tau, steps, work),
+                           "allreduce_steps_per_s": base["steps_per_s"],
+                           "allreduce_bits_per_step": base["bits_per_step"]}
+                    row["ratio"] = row["steps_per_s"] / row["allreduce_steps_per_s"]
+                    rows.append(row)
+                    print(f"{n:>2} {d:>9} {mode:>5} {row['steps_per_s']:>9.1f} "
+                          + " ".join(f"{row[f'{ph}_ms']:>8.3f}" for ph in PHASES)
+                          + f" {row['allreduce_steps_per_s']:>9.1f} {row['ratio']:>6.2f}"
+                          f" {row['bits_up_per_step']:>10.0f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
