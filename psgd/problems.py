@@ -34,7 +34,9 @@ constraints):
 * ``rosenbrock`` (no data, exactly 2 workers): the DIANA paper's split
   ``f1 = (x+16)^2 + 10(y-x^2)^2 + 16y``, ``f2 = (x-18)^2 + 10(y-x^2)^2 - 16y - 578``,
   ``f = (f1 + f2)/2 = (x-1)^2 + 10(y-x^2)^2``; ``x* = (1, 1)``, ``f* = 0``; start (-1.2, 1), the
-  classical Rosenbrock starting point.
+  classical Rosenbrock starting point (the DIANA paper's own start point could not be checked).
+
+``quadratic`` and ``rosenbrock`` ignore the ``data`` section (a ``libsvm`` source is an error).
 """
 
 from __future__ import annotations
