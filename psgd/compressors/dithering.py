@@ -1,1 +1,134 @@
-"""Placeholder: random_dithering is being written (see cython_ext/ and psgd/kernels.py)."""
+"""``random_dithering``: QSGD / DIANA p-quantization with s levels and blocks (papers.md §A.5-A.7).
+
+Each block of ``block_size`` coordinates (null: the whole vector) is scaled by its
+norm t (``norm``: "2" or "inf") and every coordinate is rounded at random to one of
+the s+1 levels ``{0, t/s, ..., t}``, keeping its sign, so that E C(x) = x. With
+``levels: 1`` and ``norm: inf`` this is TernGrad; with ``norm: 2`` it is 1-bit QSGD
+and DIANA's 2-quantization.
+
+Notes
+-----
+Payload (after the 8-byte codec header), ``encoding: dense``: ``nblocks`` float32
+block scales (little-endian), then the symbols of all d coordinates as one stream:
+for s = 1, 5 trits per byte (1.6 bits/coordinate); for s > 1,
+``1 + ceil(log2(s+1))`` bits per coordinate (sign bit, then the level, LSB-first).
+The exact rounding, random numbers and bit layout are defined in
+:mod:`psgd.kernels_ref`; the payload length is fixed by (d, block_size, levels).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import kernels
+from ..errors import ConfigError
+from ..registry import register
+from ..validation import Choice, Int, Nullable
+from .base import Compressor, resolve_block_size, wire_error
+
+_NORM_CODES = {"2": kernels.NORM_2, "inf": kernels.NORM_INF}
+
+
+@register("compressor")
+class RandomDithering(Compressor):
+    """Random dithering with ``levels`` levels per block (unbiased).
+
+    Parameters: ``levels`` (s >= 1), ``norm`` ("2" or "inf"), ``block_size``
+    (null = one block) and ``encoding`` ("dense"; "elias" comes later).
+    """
+
+    name = "random_dithering"
+    codec_id = 2
+    unbiased = True
+    params = {
+        "levels": Int(1, kernels.MAX_LEVELS, default=1,
+                      doc="s, the number of nonzero levels; symbols must fit in 32 bits"),
+        "norm": Choice("2", "inf", default="2"),
+        "block_size": Nullable(Int(1), default=None),
+        "encoding": Choice("dense", "elias", default="dense"),
+    }
+
+    def _check_params(self):
+        if self.encoding == "elias":
+            # The Elias-omega coder (papers.md §A.0) plugs in as _encode_elias /
+            # _decode_add_elias and a variable _max_payload_nbytes.
+            raise ConfigError("compressor.encoding: 'elias' is not implemented yet; allowed: dense")
+
+    # -- codec ------------------------------------------------------------------
+
+    def _encode(self, x, rng, key):
+        return self._encode_dense(x, rng)
+
+    def _decode_add(self, payload, d, out, weight, key):
+        self._decode_add_dense(payload, d, out, weight)
+
+    def _payload_nbytes(self, d):
+        return self._dense_nbytes(d)
+
+    def _max_payload_nbytes(self, d):
+        return self._dense_nbytes(d)
+
+    # -- dense encoding -----------------------------------------------------------
+
+    def _dense_nbytes(self, d):
+        bs = resolve_block_size(self.block_size, d)
+        return 4 * kernels.nblocks(d, bs) + kernels.symbols_nbytes(d, self.levels)
+
+    def _encode_dense(self, x, rng):
+        d = x.size
+        bs = resolve_block_size(self.block_size, d)
+        scales = kernels.block_scales(x, bs, _NORM_CODES[self.norm])
+        if not np.isfinite(scales).all():
+            raise ValueError(f"{self.name}: x holds NaN or Inf, or a block's {self.norm}-norm "
+                             "overflows float32")
+        # One seed per message; the kernel derives every coordinate's uniform from it.
+        seed = int(rng.integers(0, 2**64, dtype=np.uint64))
+        payload = np.empty(self._dense_nbytes(d), dtype=np.uint8)
+        kernels.dither_encode(x, scales, bs, self.levels, seed, payload)
+        return payload
+
+    def _decode_add_dense(self, payload, d, out, weight):
+        bs = resolve_block_size(self.block_size, d)
+        code, where = kernels.dither_decode_add(np.ascontiguousarray(payload), d, bs,
+                                                self.levels, out, weight)
+        if code != kernels.ERR_OK:
+            raise wire_error(self.name, self._describe_error(code, where, payload, d, bs))
+
+    def _describe_error(self, code, where, payload, d, bs):
+        if code == kernels.ERR_SCALE:
+            value = payload[4 * where:4 * where + 4].view("<f4")[0]
+            return f"scale of block {where} is {value!r}; expected a finite float32 >= 0"
+        if code == kernels.ERR_TRIT:
+            byte = payload[4 * kernels.nblocks(d, bs) + where]
+            return f"trit byte {where} is {byte}; expected < 243"
+        if code == kernels.ERR_LEVEL:
+            return f"coordinate {where} has a level above levels={self.levels}"
+        if code == kernels.ERR_SIGN:
+            return f"coordinate {where} has level 0 with its sign bit set"
+        if code == kernels.ERR_PADDING:
+            return "padding after the last symbol is not zero"
+        return f"payload rejected (kernel error code {code} at {where})"
+
+    # -- theory -------------------------------------------------------------------
+
+    def omega(self, d):
+        """Worst-case variance factor for blocks of d~ = min(block_size or d, d) coordinates.
+
+        * s = 1, norm 2: sqrt(d~) - 1; s = 1, norm inf: (sqrt(d~) - 1) / 2. These are
+          DIANA (arXiv 1901.09269) Lemma 2, omega = 1/alpha_p(d~) - 1, attained by the
+          uniform vector (norm 2) and by (1, t, ..., t), t = 1/(1 + sqrt(d~)) (norm inf).
+        * s > 1, either norm: min(d~/(4 s^2), sqrt(d~)/s), the QSGD Lemma 3.1 bound with
+          the per-coordinate variance capped at t^2/(4 s^2) (papers.md §A.5).
+
+        Rounding the scale up to float32 can raise the variance by a relative ~2^-23.
+        """
+        dt = min(self.block_size or d, d)
+        if dt <= 0:
+            return 0.0
+        s = self.levels
+        if s == 1:
+            w = math.sqrt(dt) - 1.0
+            return w if self.norm == "2" else w / 2.0
+        return min(dt / (4.0 * s * s), math.sqrt(dt) / s)
