@@ -40,7 +40,12 @@ MUNGE_PIDFILE = Path("/run/munge/munged.pid")
 
 
 class SlurmUnavailable(RuntimeError):
-    """SLURM cannot be brought up here; the message says why (used as a skip reason)."""
+    """SLURM cannot be had here (not root, no apt-get, install or munge failed): the message
+    says why; tests turn it into a skip."""
+
+
+class SlurmStartError(RuntimeError):
+    """SLURM is installed but slurmctld/slurmd did not come up: a real failure, with log tails."""
 
 
 def _which(name: str) -> str | None:
@@ -208,6 +213,8 @@ class SlurmCluster:
 
     def start(self, timeout: float = 60) -> None:
         t0 = time.monotonic()
+        if not hasattr(os, "geteuid") or os.geteuid() != 0:
+            raise SlurmUnavailable("the test cluster runs slurmctld/slurmd/munged as root: not root")
         ensure_slurm()
         self.timings["install"] = time.monotonic() - t0
         for sub in ("state", "spool", "log"):
@@ -287,7 +294,9 @@ class SlurmCluster:
         r = _run(["runuser", "-u", "munge", "--", _which("munged")], timeout=15)
         if r.returncode != 0 and "already running" not in (r.stderr or ""):
             raise SlurmUnavailable(f"munged failed to start (rc={r.returncode}): {r.stderr.strip()}")
-        self._wait_for(self._munge_ok, timeout=timeout, what="munged to issue credentials")
+        if not self._wait_for(self._munge_ok, timeout=timeout, what="munged", raise_=False):
+            raise SlurmUnavailable(f"munged started but issued no credential within {timeout}s "
+                                   "(munge -n | unmunge)")
         try:
             self.munged_pid = int(MUNGE_PIDFILE.read_text().split()[0])
         except (OSError, ValueError, IndexError):
@@ -316,13 +325,13 @@ class SlurmCluster:
             for name in ("ctld", "slurmd"):
                 proc = getattr(self, name, None)
                 if proc is not None and proc.poll() is not None and raise_:
-                    raise SlurmUnavailable(f"{name} exited with {proc.returncode} while waiting "
+                    raise SlurmStartError(f"{name} exited with {proc.returncode} while waiting "
                                            f"for {what}; log: {self.log_tail()}")
             if pred():
                 return True
             if time.monotonic() >= deadline:
                 if raise_:
-                    raise SlurmUnavailable(f"timed out after {timeout:.0f}s waiting for {what}; "
+                    raise SlurmStartError(f"timed out after {timeout:.0f}s waiting for {what}; "
                                            f"log: {self.log_tail()}")
                 return False
             time.sleep(interval)
@@ -358,10 +367,10 @@ class SlurmCluster:
             for name in ("ctld", "slurmd"):
                 proc = getattr(self, name)
                 if proc is not None and proc.poll() is not None:
-                    raise SlurmUnavailable(f"{name} exited with {proc.returncode}; "
+                    raise SlurmStartError(f"{name} exited with {proc.returncode}; "
                                            f"log: {self.log_tail()}")
             if time.monotonic() >= deadline:
-                raise SlurmUnavailable(f"node {NODE} not idle after {timeout:.0f}s "
+                raise SlurmStartError(f"node {NODE} not idle after {timeout:.0f}s "
                                        f"(state {state!r}); log: {self.log_tail()}")
             time.sleep(0.25)
 
