@@ -8,8 +8,8 @@ per coordinate) and handle 5 coordinates per trit byte at a time.
 """
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
-from libc.math cimport fabs, sqrt, nextafterf, INFINITY, NAN
-from libc.string cimport memset
+from libc.math cimport sqrt, nextafterf, INFINITY
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -26,25 +26,66 @@ cdef extern from *:
         z ^= z >> 31;
         return (double)(int64_t)(z >> 11) * 0x1.0p-53;
     }
-    /* Explicit little-endian float32 load/store: the wire format is LE on any host. */
-    static inline void psgd_store_f32le(uint8_t *p, float f) {
-        uint32_t u; memcpy(&u, &f, 4);
+
+    /* Explicit little-endian loads/stores: the wire format is LE on any host. */
+    static inline void psgd_store_u32le(uint8_t *p, uint32_t u) {
         p[0] = (uint8_t)u; p[1] = (uint8_t)(u >> 8); p[2] = (uint8_t)(u >> 16); p[3] = (uint8_t)(u >> 24);
+    }
+    static inline void psgd_store_f32le(uint8_t *p, float f) {
+        uint32_t u; memcpy(&u, &f, 4); psgd_store_u32le(p, u);
     }
     static inline uint32_t psgd_load_u32le(const uint8_t *p) {
         return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
     }
+    static inline uint64_t psgd_load_u64le(const uint8_t *p) {
+        uint64_t v; memcpy(&v, p, 8);
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        v = __builtin_bswap64(v);
+    #endif
+        return v;
+    }
     static inline float psgd_u32_as_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
-    /* The per-coordinate quantizers, written as flat branch-free loops over a chunk of one
-       block so the compiler vectorizes them (they are the encode's whole cost; Cython cannot
-       attach target attributes, hence C). Each is built twice: for the x86-64 baseline and,
-       on GCC >= 12, for x86-64-v4 (AVX-512: 64-bit multiplies and int64->double in SIMD,
-       about 3x faster), chosen at run time, so the module still runs on any x86-64.
+    /* b-bit codes <-> LSB-first bit stream, for s > 1. A chunk starts on a byte boundary.
+       pack writes ceil(n*b/8) bytes plus up to 4 bytes of slack into stage. */
+    static Py_ssize_t psgd_pack(const uint32_t *c, Py_ssize_t n, int b, uint8_t *stage) {
+        uint64_t acc = 0; int nbits = 0; Py_ssize_t p = 0;
+        for (Py_ssize_t k = 0; k < n; k++) {      /* branch-free: b does not divide 32 */
+            acc |= (uint64_t)c[k] << nbits;        /* nbits < 32, b <= 32: fits in 64 bits */
+            nbits += b;
+            psgd_store_u32le(stage + p, (uint32_t)acc);
+            int full = nbits >> 5;
+            p += 4 * full;
+            acc >>= 32 * full;
+            nbits &= 31;
+        }
+        psgd_store_u32le(stage + p, (uint32_t)acc);
+        return (n * b + 7) / 8;
+    }
+    /* avail = bytes readable from sym; the n codes lie inside them. */
+    static void psgd_unpack(const uint8_t *sym, Py_ssize_t avail, Py_ssize_t n, int b, uint32_t *c) {
+        uint64_t mask = ((uint64_t)1 << b) - 1;
+        Py_ssize_t k = 0;
+        for (; k < n && (k * b >> 3) + 8 <= avail; k++)       /* one 8-byte load per code */
+            c[k] = (uint32_t)((psgd_load_u64le(sym + (k * b >> 3)) >> (k * b & 7)) & mask);
+        for (; k < n; k++) {                                  /* the stream's last bytes */
+            Py_ssize_t byte = k * b >> 3;
+            uint64_t w = 0;
+            for (int i = 0; i < 5 && byte + i < avail; i++)
+                w |= (uint64_t)sym[byte + i] << (8 * i);
+            c[k] = (uint32_t)((w >> (k * b & 7)) & mask);
+        }
+    }
+
+    /* The per-coordinate arithmetic: flat branch-free loops over a chunk of one block, so
+       the compiler vectorizes them (they are most of the cost; Cython cannot attach target
+       attributes, hence C). Each is built twice: for the x86-64 baseline and, on GCC >= 12,
+       for x86-64-v4 (AVX-512 has the 64-bit multiplies and int64->double conversions that
+       SplitMix64 needs; ~3x faster), picked at run time so the module runs on any x86-64.
        IEEE arithmetic without contraction (-ffp-contract=off) rounds identically in both.
        z is seed + j*GAMMA for the chunk's first coordinate j. */
     #define PSGD_BODIES(T, SFX)                                                               \
-    static inline __attribute__((always_inline)) void psgd_trits_body_##SFX(                  \
+    static inline __attribute__((always_inline)) void psgd_trits_##SFX##_body(                \
             const T *x, Py_ssize_t n, double t, uint64_t z, uint8_t *tr) {                    \
         /* s = 1: y = |x|/t <= 1, floor(y) = 0 unless y = 1, and then u < y holds anyway:     \
            level = (u < y) is the spec's formula. t = inf stands for t = 0 (all zeros). */    \
@@ -54,7 +95,7 @@ cdef extern from *:
             tr[k] = (uint8_t)(lev + (lev & (xv < 0)));                                        \
         }                                                                                     \
     }                                                                                         \
-    static inline __attribute__((always_inline)) void psgd_codes_body_##SFX(                  \
+    static inline __attribute__((always_inline)) void psgd_codes_##SFX##_body(                \
             const T *x, Py_ssize_t n, double t, uint32_t levels, uint64_t z, uint32_t *code) {\
         double s = (double)levels;                                                            \
         for (Py_ssize_t k = 0; k < n; k++) {                                                  \
@@ -67,7 +108,34 @@ cdef extern from *:
                                                  < yc - low) : levels;                        \
             code[k] = (lev << 1) | (uint32_t)((xv < 0) & (lev != 0));                         \
         }                                                                                     \
+    }                                                                                         \
+    static inline __attribute__((always_inline)) void psgd_values_##SFX##_body(               \
+            const uint32_t *c, Py_ssize_t n, double t, double s, double w, T *out) {          \
+        /* out += weight * (sign * (t * level / s)), the double product cast to T */          \
+        for (Py_ssize_t k = 0; k < n; k++) {                                                  \
+            double v = t * (double)(int32_t)(c[k] >> 1) / s;                                  \
+            v = (c[k] & 1) ? -v : v;                                                          \
+            out[k] = out[k] + (T)(w * v);                                                     \
+        }                                                                                     \
+    }                                                                                         \
+    static inline __attribute__((always_inline)) void psgd_absmax_##SFX##_body(               \
+            const T *x, Py_ssize_t n, double *result) {                                       \
+        /* max |x| on the bit patterns: for sign-cleared IEEE values integer order is value   \
+           order, and every NaN lies above inf, so NaN propagates (as np.max) and the         \
+           reduction vectorizes, which a float max with NaN semantics does not. */           \
+        PSGD_UINT_##SFX m = 0, u;                                                             \
+        for (Py_ssize_t k = 0; k < n; k++) {                                                  \
+            memcpy(&u, x + k, sizeof(T));                                                     \
+            u &= PSGD_ABS_##SFX;                                                              \
+            m = u > m ? u : m;                                                                \
+        }                                                                                     \
+        T v; memcpy(&v, &m, sizeof(T));                                                       \
+        *result = (double)v;                                                                  \
     }
+    #define PSGD_UINT_f32 uint32_t
+    #define PSGD_UINT_f64 uint64_t
+    #define PSGD_ABS_f32 0x7FFFFFFFu
+    #define PSGD_ABS_f64 0x7FFFFFFFFFFFFFFFull
     PSGD_BODIES(float, f32)
     PSGD_BODIES(double, f64)
 
@@ -87,42 +155,44 @@ cdef extern from *:
         return 0;
     #endif
     }
-    #define PSGD_DISPATCH(SFX, T)                                                             \
-    static void psgd_trits_base_##SFX(const T *x, Py_ssize_t n, double t, uint64_t z,         \
-                                      uint8_t *tr) { psgd_trits_body_##SFX(x, n, t, z, tr); } \
-    static void psgd_codes_base_##SFX(const T *x, Py_ssize_t n, double t, uint32_t s,         \
-            uint64_t z, uint32_t *c) { psgd_codes_body_##SFX(x, n, t, s, z, c); }             \
-    PSGD_V4 static void psgd_trits_v4_##SFX(const T *x, Py_ssize_t n, double t, uint64_t z,   \
-                                            uint8_t *tr) { psgd_trits_body_##SFX(x, n, t, z, tr); } \
-    PSGD_V4 static void psgd_codes_v4_##SFX(const T *x, Py_ssize_t n, double t, uint32_t s,   \
-            uint64_t z, uint32_t *c) { psgd_codes_body_##SFX(x, n, t, s, z, c); }             \
-    static inline void psgd_trits_##SFX(const T *x, Py_ssize_t n, double t, uint64_t z,       \
-                                        uint8_t *tr) {                                        \
-        if (PSGD_HAVE_V4 && psgd_use_v4) psgd_trits_v4_##SFX(x, n, t, z, tr);                 \
-        else psgd_trits_base_##SFX(x, n, t, z, tr);                                           \
-    }                                                                                         \
-    static inline void psgd_codes_##SFX(const T *x, Py_ssize_t n, double t, uint32_t s,       \
-                                        uint64_t z, uint32_t *c) {                            \
-        if (PSGD_HAVE_V4 && psgd_use_v4) psgd_codes_v4_##SFX(x, n, t, s, z, c);               \
-        else psgd_codes_base_##SFX(x, n, t, s, z, c);                                         \
+    /* NAME_base and NAME_v4 from NAME_body, and NAME dispatching between them */
+    #define PSGD_MULTIVERSION(NAME, PARAMS, ARGS)                                             \
+    static void NAME##_base PARAMS { NAME##_body ARGS; }                                      \
+    PSGD_V4 static void NAME##_v4 PARAMS { NAME##_body ARGS; }                                \
+    static inline void NAME PARAMS {                                                          \
+        if (PSGD_HAVE_V4 && psgd_use_v4) NAME##_v4 ARGS; else NAME##_base ARGS;               \
     }
-    PSGD_DISPATCH(f32, float)
-    PSGD_DISPATCH(f64, double)
+    #define PSGD_ALL(T, SFX)                                                                  \
+    PSGD_MULTIVERSION(psgd_trits_##SFX, (const T *x, Py_ssize_t n, double t, uint64_t z,      \
+                      uint8_t *tr), (x, n, t, z, tr))                                         \
+    PSGD_MULTIVERSION(psgd_codes_##SFX, (const T *x, Py_ssize_t n, double t, uint32_t s,      \
+                      uint64_t z, uint32_t *c), (x, n, t, s, z, c))                           \
+    PSGD_MULTIVERSION(psgd_values_##SFX, (const uint32_t *c, Py_ssize_t n, double t,          \
+                      double s, double w, T *out), (c, n, t, s, w, out))                      \
+    PSGD_MULTIVERSION(psgd_absmax_##SFX, (const T *x, Py_ssize_t n, double *r), (x, n, r))
+    PSGD_ALL(float, f32)
+    PSGD_ALL(double, f64)
     """
     const uint64_t GAMMA "PSGD_GAMMA"
-    const int HAVE_V4 "PSGD_HAVE_V4"
     int psgd_use_v4
     int psgd_cpu_has_v4() noexcept nogil
-    double psgd_u01(uint64_t z) noexcept nogil
     void psgd_store_f32le(uint8_t *p, float f) noexcept nogil
     uint32_t psgd_load_u32le(const uint8_t *p) noexcept nogil
     float psgd_u32_as_f32(uint32_t u) noexcept nogil
+    Py_ssize_t psgd_pack(const uint32_t *c, Py_ssize_t n, int b, uint8_t *stage) noexcept nogil
+    void psgd_unpack(const uint8_t *sym, Py_ssize_t avail, Py_ssize_t n, int b, uint32_t *c) noexcept nogil
     void psgd_trits_f32(const float *x, Py_ssize_t n, double t, uint64_t z, uint8_t *tr) noexcept nogil
     void psgd_trits_f64(const double *x, Py_ssize_t n, double t, uint64_t z, uint8_t *tr) noexcept nogil
     void psgd_codes_f32(const float *x, Py_ssize_t n, double t, uint32_t s, uint64_t z,
                         uint32_t *code) noexcept nogil
     void psgd_codes_f64(const double *x, Py_ssize_t n, double t, uint32_t s, uint64_t z,
                         uint32_t *code) noexcept nogil
+    void psgd_values_f32(const uint32_t *c, Py_ssize_t n, double t, double s, double w,
+                         float *out) noexcept nogil
+    void psgd_values_f64(const uint32_t *c, Py_ssize_t n, double t, double s, double w,
+                         double *out) noexcept nogil
+    void psgd_absmax_f32(const float *x, Py_ssize_t n, double *r) noexcept nogil
+    void psgd_absmax_f64(const double *x, Py_ssize_t n, double *r) noexcept nogil
 
 psgd_use_v4 = psgd_cpu_has_v4()
 
@@ -203,6 +273,13 @@ cdef _check_common(Py_ssize_t d, Py_ssize_t block_size, Py_ssize_t levels):
 
 # ------------------------------------------------------------------ block scales
 
+cdef inline void _absmax(const real_in* x, Py_ssize_t n, double* result) noexcept nogil:
+    if real_in is float:
+        psgd_absmax_f32(x, n, result)
+    else:
+        psgd_absmax_f64(x, n, result)
+
+
 def block_scales(const real_in[::1] x, Py_ssize_t block_size, int norm_code):
     """Per-block norms of x rounded up to float32 (NaN/inf propagate; the caller checks)."""
     cdef Py_ssize_t d = x.shape[0]
@@ -214,22 +291,16 @@ def block_scales(const real_in[::1] x, Py_ssize_t block_size, int norm_code):
     cdef float[::1] out = result
     cdef Py_ssize_t blk, j, start, end
     cdef double acc, a
-    cdef bint nan
     cdef float f
+    if d == 0:
+        return result
     with nogil:
         for blk in range(nb):
             start = blk * block_size
             end = start + block_size if d - start > block_size else d
             acc = 0.0
             if norm_code == C_NORM_INF:
-                nan = False
-                for j in range(start, end):
-                    a = fabs(<double>x[j])
-                    nan |= a != a          # NaN must propagate, as np.max does
-                    if a > acc:
-                        acc = a
-                if nan:
-                    acc = NAN
+                _absmax(&x[0] + start, end - start, &acc)
             else:
                 for j in range(start, end):  # sequential float64 sum: the twin's cumsum order
                     a = <double>x[j]
@@ -295,37 +366,30 @@ cdef inline void _pack5(const uint8_t* tr, Py_ssize_t nbytes, uint8_t* out) noex
 
 cdef void _encode_bits(const real_in* x, Py_ssize_t d, const float* scales, Py_ssize_t bs,
                        Py_ssize_t levels, uint64_t seed, uint8_t* out) noexcept nogil:
-    cdef uint32_t code[CHUNK]
-    cdef Py_ssize_t nb = _nblocks(d, bs), blk, j = 0, end, n, k, p = 0
-    cdef int b = <int>_symbol_bits(levels), nbits = 0
-    cdef uint64_t acc = 0
+    # Chunks of CHUNK codes (a multiple of 8, so each starts on a byte boundary) are
+    # quantized block segment by block segment, then packed into stage and copied out.
+    cdef uint32_t codes[CHUNK]
+    cdef uint8_t stage[CHUNK * 4 + 8]
+    cdef int b = <int>_symbol_bits(levels)
+    cdef Py_ssize_t c0, n, j, e, blk = 0, block_end = bs if bs < d else d
     cdef double t
-    for blk in range(nb):
-        end = j + bs if d - j > bs else d
-        t = scales[blk]
-        while j < end:
-            n = CHUNK if end - j > CHUNK else end - j
+    c0 = -CHUNK
+    while c0 + CHUNK < d:                    # chunks of CHUNK codes
+        c0 += CHUNK
+        n = CHUNK if d - c0 > CHUNK else d - c0
+        j = c0
+        while j < c0 + n:
+            if j == block_end:
+                blk += 1
+                block_end = block_end + bs if d - block_end > bs else d
+            e = block_end if block_end < c0 + n else c0 + n
+            t = scales[blk]
             if t == 0.0:
-                memset(code, 0, n * sizeof(uint32_t))
+                memset(codes + (j - c0), 0, (e - j) * sizeof(uint32_t))
             else:
-                _codes(x + j, n, t, <uint32_t>levels, seed + <uint64_t>j * GAMMA, code)
-            j += n
-            for k in range(n):
-                acc |= <uint64_t>code[k] << nbits   # nbits < 32 and b <= 32: fits in 64 bits
-                nbits += b
-                if nbits >= 32:
-                    out[p] = <uint8_t>acc
-                    out[p + 1] = <uint8_t>(acc >> 8)
-                    out[p + 2] = <uint8_t>(acc >> 16)
-                    out[p + 3] = <uint8_t>(acc >> 24)
-                    p += 4
-                    acc >>= 32
-                    nbits -= 32
-    while nbits > 0:                            # flush; the high bits of the last byte are 0
-        out[p] = <uint8_t>acc
-        p += 1
-        acc >>= 8
-        nbits -= 8
+                _codes(x + j, e - j, t, <uint32_t>levels, seed + <uint64_t>j * GAMMA, codes + (j - c0))
+            j = e
+        memcpy(out + c0 // 8 * b, stage, psgd_pack(codes, n, b, stage))
 
 
 def dither_encode(const real_in[::1] x, const float[::1] scales, Py_ssize_t block_size,
@@ -415,53 +479,63 @@ cdef void _add_trits(const uint8_t* sym, Py_ssize_t d, const float* scales, Py_s
                 p += 1
 
 
-cdef Py_ssize_t _check_bits(const uint8_t* sym, Py_ssize_t n, Py_ssize_t d, Py_ssize_t levels,
+cdef Py_ssize_t _check_bits(const uint8_t* sym, Py_ssize_t nsym, Py_ssize_t d, Py_ssize_t levels,
                             int* code) noexcept nogil:
-    cdef int b = <int>_symbol_bits(levels), nbits = 0
-    cdef uint64_t acc = 0, c, mask = (<uint64_t>1 << b) - 1, s = <uint64_t>levels
-    cdef Py_ssize_t j, p = 0
-    for j in range(d):
-        while nbits < b:                     # never reads past byte ceil((j+1)*b/8) - 1
-            acc |= <uint64_t>sym[p] << nbits
-            p += 1
-            nbits += 8
-        c = acc & mask
-        acc >>= b
-        nbits -= b
-        if (c >> 1) > s:
-            code[0] = C_ERR_LEVEL
-            return j
-        if c == 1:                           # level 0 with sign bit 1
-            code[0] = C_ERR_SIGN
-            return j
-    if (d * b) % 8 and (sym[n - 1] >> ((d * b) % 8)) != 0:
+    cdef uint32_t codes[CHUNK]
+    cdef int b = <int>_symbol_bits(levels)
+    cdef uint32_t s = <uint32_t>levels, bad, c
+    cdef Py_ssize_t c0, n, k, off
+    c0 = -CHUNK
+    while c0 + CHUNK < d:                    # chunks of CHUNK codes
+        c0 += CHUNK
+        n = CHUNK if d - c0 > CHUNK else d - c0
+        off = c0 // 8 * b
+        psgd_unpack(sym + off, nsym - off, n, b, codes)
+        bad = 0
+        for k in range(n):                   # an OR-reduction the compiler vectorizes
+            bad |= ((codes[k] >> 1) > s) | (codes[k] == 1)
+        if bad:
+            for k in range(n):
+                c = codes[k]
+                if (c >> 1) > s:
+                    code[0] = C_ERR_LEVEL
+                    return c0 + k
+                if c == 1:                   # level 0 with sign bit 1
+                    code[0] = C_ERR_SIGN
+                    return c0 + k
+    if (d * b) % 8 and (sym[nsym - 1] >> ((d * b) % 8)) != 0:
         code[0] = C_ERR_PADDING
-        return n - 1
+        return nsym - 1
     return -1
 
 
-cdef void _add_bits(const uint8_t* sym, Py_ssize_t d, const float* scales, Py_ssize_t bs,
-                    Py_ssize_t levels, double w, real_out* out) noexcept nogil:
-    cdef Py_ssize_t nb = _nblocks(d, bs), blk, j = 0, end, p = 0
-    cdef int b = <int>_symbol_bits(levels), nbits = 0
-    cdef uint64_t acc = 0, c, mask = (<uint64_t>1 << b) - 1
-    cdef double t, v, s = <double>levels
-    for blk in range(nb):
-        end = j + bs if d - j > bs else d
-        t = <double>scales[blk]
-        while j < end:
-            while nbits < b:
-                acc |= <uint64_t>sym[p] << nbits
-                p += 1
-                nbits += 8
-            c = acc & mask
-            acc >>= b
-            nbits -= b
-            v = t * <double>(c >> 1) / s
-            if c & 1:
-                v = -v
-            out[j] = out[j] + <real_out>(w * v)
-            j += 1
+cdef inline void _values(const uint32_t* c, Py_ssize_t n, double t, double s, double w,
+                         real_out* out) noexcept nogil:
+    if real_out is float:
+        psgd_values_f32(c, n, t, s, w, out)
+    else:
+        psgd_values_f64(c, n, t, s, w, out)
+
+
+cdef void _add_bits(const uint8_t* sym, Py_ssize_t nsym, Py_ssize_t d, const float* scales,
+                    Py_ssize_t bs, Py_ssize_t levels, double w, real_out* out) noexcept nogil:
+    cdef uint32_t codes[CHUNK]
+    cdef int b = <int>_symbol_bits(levels)
+    cdef Py_ssize_t c0, n, j, e, off, blk = 0, block_end = bs if bs < d else d
+    c0 = -CHUNK
+    while c0 + CHUNK < d:                    # chunks of CHUNK codes
+        c0 += CHUNK
+        n = CHUNK if d - c0 > CHUNK else d - c0
+        off = c0 // 8 * b
+        psgd_unpack(sym + off, nsym - off, n, b, codes)
+        j = c0
+        while j < c0 + n:
+            if j == block_end:
+                blk += 1
+                block_end = block_end + bs if d - block_end > bs else d
+            e = block_end if block_end < c0 + n else c0 + n
+            _values(codes + (j - c0), e - j, <double>scales[blk], <double>levels, w, out + j)
+            j = e
 
 
 def dither_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_size,
@@ -496,5 +570,5 @@ def dither_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block
             if levels == 1:
                 _add_trits(sym, d, &scales[0], block_size, weight, &out[0])
             else:
-                _add_bits(sym, d, &scales[0], block_size, levels, weight, &out[0])
+                _add_bits(sym, n, d, &scales[0], block_size, levels, weight, &out[0])
     return code, where
