@@ -162,6 +162,8 @@ def dither_encode(x: np.ndarray, scales: np.ndarray, block_size: int, levels: in
     """Quantize x with the given block scales and write the whole payload into ``out``.
 
     ``out`` is a uint8 array of exactly ``4 * nblocks + symbols_nbytes(d, levels)`` bytes.
+    ``x`` must be finite (as it is whenever ``block_scales(x)`` is): for NaN the
+    kernel and this twin may pick different levels.
     """
     d = x.size
     _check_common(d, block_size, levels)
