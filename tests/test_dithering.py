@@ -213,6 +213,14 @@ def test_bits_per_coordinate_s1():
         assert nbits == 64 + 32 * nblocks + 8 * math.ceil(d / 5)       # 1.6 bits/coordinate
 
 
+def test_wire_format_is_frozen():
+    """Golden bytes: a change here breaks every peer running an older psgd."""
+    x = np.arange(-6, 7) / 4
+    for cfg, hexed in [(dict(levels=1, block_size=5), "c50102000d00000012ca1740f6de773f42660c40366c0c"),
+                       (dict(levels=3, norm="inf"), "c50102000d0000000000c03f6fbb01226d")]:
+        assert comp(**cfg).encode(x, np.random.default_rng(0)).tobytes().hex() == hexed
+
+
 # -- corrupted buffers ------------------------------------------------------------
 
 def _good(cfg, d=23, seed=0):
