@@ -29,3 +29,25 @@ KERNELS = ("block_scales", "dither_encode", "dither_decode_add")
 block_scales = _impl.block_scales
 dither_encode = _impl.dither_encode
 dither_decode_add = _impl.dither_decode_add
+
+# -- sparse dithering and the spherical search (psgd._sparse_sphere; twins in kernels_ref) --
+from .kernels_ref import (ERR_LENGTH, ERR_ZERO_BLOCK, SD_DETERMINISTIC, SD_MAX_LEVEL,  # noqa: E402,F401
+                          SD_RANDOMIZED, sd_block_constant, sd_kmax, sd_max_level_bits,
+                          sphere_block_seeds, sphere_points)
+
+try:
+    from . import _sparse_sphere as _impl_ss
+    HAVE_CYTHON_SPARSE_SPHERE = True
+except ImportError as exc:
+    warnings.warn(f"psgd: compiled kernels psgd._sparse_sphere are not available ({exc}); "
+                  "falling back to the slower NumPy twins in psgd.kernels_ref",
+                  RuntimeWarning, stacklevel=2)
+    _impl_ss = kernels_ref
+    HAVE_CYTHON_SPARSE_SPHERE = False
+
+#: the sparse dithering / spherical functions that have a compiled version
+KERNELS_SPARSE_SPHERE = ("sd_encode", "sd_decode_add", "sphere_search")
+
+sd_encode = _impl_ss.sd_encode
+sd_decode_add = _impl_ss.sd_decode_add
+sphere_search = _impl_ss.sphere_search

@@ -8,6 +8,7 @@ from ..registry import classes, lookup, names
 from .base import Compressor
 from . import identity  # noqa: F401  (registers)
 from . import dithering  # noqa: F401
+from . import sparse_dithering, spherical, sketches  # noqa: F401,E402
 
 __all__ = ["Compressor", "get_compressor", "available"]
 
