@@ -145,6 +145,9 @@ SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 AuthType=auth/munge
 CredType=cred/munge
+# cred_expire is also how long a requeued job is held (BeginTime) before it may start again:
+# 120 s by default; releasing it earlier by hand fails with "Job credential revoked".
+AuthInfo=cred_expire={cred_expire}
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
 SlurmctldPidFile={d}/slurmctld.pid
@@ -178,10 +181,11 @@ class SlurmCluster:
     """A single-node SLURM (slurmctld + slurmd on localhost) living in a temp dir."""
 
     def __init__(self, cpus: int = 8, workdir: str | os.PathLike | None = None,
-                 kill_wait: int = 10, extra_path: list[str] | None = None,
+                 kill_wait: int = 10, cred_expire: int = 15, extra_path: list[str] | None = None,
                  keep_dir: bool = False):
         self.cpus = cpus
         self.kill_wait = kill_wait
+        self.cred_expire = cred_expire
         self._own_dir = workdir is None
         self.dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="psgd-slurm-"))
         self.keep_dir = keep_dir
@@ -221,7 +225,7 @@ class SlurmCluster:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.conf.write_text(SLURM_CONF_TEMPLATE.format(
             d=self.dir, ctld_port=_free_port(), slurmd_port=_free_port(), node=NODE,
-            cpus=self.cpus, kill_wait=self.kill_wait))
+            cpus=self.cpus, kill_wait=self.kill_wait, cred_expire=self.cred_expire))
         t1 = time.monotonic()
         self._start_munge(timeout=15)
         devnull = subprocess.DEVNULL
