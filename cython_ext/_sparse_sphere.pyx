@@ -9,6 +9,7 @@ for value on decode. The hot loops run without the GIL.
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.math cimport fabs, sqrt, floor, log, cos, nextafterf
+from libc.string cimport memcpy
 
 import numpy as np
 
@@ -154,22 +155,25 @@ def sd_encode(const real_in[::1] x, Py_ssize_t block_size, double c_full, double
     cdef uint8_t[::1] out = result
     cdef uint8_t *sym
     cdef uint8_t *ustream
-    cdef uint8_t t, p3
+    cdef uint8_t tr[5]
     cdef int64_t pos = 0, r
+    cdef Py_ssize_t i, m
     with nogil:
         for blk in range(nb):
             psgds_store_f32le(&out[4 * blk], gam[blk])
         sym = &out[4 * nb] if nt else NULL
         ustream = &out[4 * nb + nt] if K else NULL
+        for i in range(nt):  # 5 coordinates per trit byte
+            for m in range(5):
+                j = 5 * i + m
+                tr[m] = 0
+                if j < d and lev[j]:
+                    tr[m] = 1 if x[j] > 0 else 2
+            sym[i] = tr[0] + 3 * tr[1] + 9 * tr[2] + 27 * tr[3] + 81 * tr[4]
         for j in range(d):
             k = lev[j]
             if k == 0:
                 continue
-            t = 1 if x[j] > 0 else 2
-            p3 = 1
-            for r in range(j % 5):
-                p3 *= 3
-            sym[j // 5] += t * p3
             for r in range(k - 1):
                 ustream[pos >> 3] |= <uint8_t>(1 << (pos & 7))
                 pos += 1
@@ -198,6 +202,8 @@ def sd_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_siz
     cdef int64_t pos = 0, ones, kmax, k
     cdef uint8_t t
     cdef double G, v
+    trits_arr = np.empty(5 * nt, dtype=np.uint8)
+    cdef uint8_t[::1] trits = trits_arr
     with nogil:
         for blk in range(nb):
             u = psgds_load_u32le(p + 4 * blk)
@@ -211,19 +217,28 @@ def sd_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_siz
                     code, where = C_ERR_TRIT, i
                     break
         if code == C_ERR_OK:
+            for i in range(nt):
+                memcpy(&trits[5 * i], &_TRITS[5 * sym[i]], 5)
             for j in range(d, 5 * nt):
-                if _TRITS[5 * sym[j // 5] + j % 5]:
+                if trits[j]:
                     code, where = C_ERR_PADDING, -1
                     break
         if code == C_ERR_OK:
-            for j in range(d):
-                if _TRITS[5 * sym[j // 5] + j % 5] and psgds_load_u32le(p + 4 * (j // block_size)) == 0:
-                    code, where = C_ERR_ZERO_BLOCK, j
+            for blk in range(nb):
+                if psgds_load_u32le(p + 4 * blk) != 0:
+                    continue
+                start = blk * block_size
+                end = start + block_size if d - start > block_size else d
+                for j in range(start, end):
+                    if trits[j]:
+                        code, where = C_ERR_ZERO_BLOCK, j
+                        break
+                if code != C_ERR_OK:
                     break
         if code == C_ERR_OK:
             # validate the unary stream (first pass, out untouched)
             for j in range(d):
-                if _TRITS[5 * sym[j // 5] + j % 5] == 0:
+                if trits[j] == 0:
                     continue
                 kmax = kmax_last if (j // block_size == nb - 1 and d % block_size) else kmax_full
                 ones = 0
@@ -260,7 +275,7 @@ def sd_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_siz
                 end = start + block_size if d - start > block_size else d
                 G = <double>psgds_u32_as_f32(psgds_load_u32le(p + 4 * blk))
                 for j in range(start, end):
-                    t = _TRITS[5 * sym[j // 5] + j % 5]
+                    t = trits[j]
                     if t == 0:
                         continue
                     k = 1
