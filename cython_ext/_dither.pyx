@@ -103,12 +103,15 @@ cdef extern from *:
         for (Py_ssize_t k = 0; k < n; k++) {                                                  \
             double xv = (double)x[k];                                                         \
             double y = fabs(xv) / t * s;                                                      \
-            int in = y < s;                  /* else level = s (also catches NaN) */          \
-            double yc = in ? y : 0.0;        /* keeps the int conversion in range */          \
-            double low = (double)(int32_t)yc; /* == floor(y) for 0 <= y < s < 2**31 */        \
-            uint32_t lev = in ? (uint32_t)low + (psgd_u01(z + (uint64_t)(k + 1) * PSGD_GAMMA) \
-                                                 < yc - low) : levels;                        \
-            code[k] = (lev << 1) | (uint32_t)((xv < 0) & (lev != 0));                         \
+            /* y >= s or NaN gives yc = s, low = s, u < 0 false: level s, as specified; else  \
+               (int32_t)y == floor(y) for 0 <= y < s < 2**31. Written without a conditional  \
+               level so that GCC vectorizes the loop. */                                      \
+            double yc = y < s ? y : s;                                                        \
+            int32_t low = (int32_t)yc;                                                        \
+            double u = psgd_u01(z + (uint64_t)(k + 1) * PSGD_GAMMA);                          \
+            uint32_t lev = (uint32_t)low + (uint32_t)(u < yc - (double)low);                  \
+            lev = lev > levels ? levels : lev;                                                \
+            code[k] = (lev << 1) | ((uint32_t)(xv < 0) & (uint32_t)(lev != 0));               \
         }                                                                                     \
     }                                                                                         \
     static inline __attribute__((always_inline)) void psgd_values_##SFX##_body(               \
