@@ -113,6 +113,9 @@ class Spherical(Compressor):
     }
 
     def _check_params(self):
+        if self.alpha <= 1e3 * MARGIN:
+            raise ConfigError(f"compressor.alpha: got {self.alpha}; allowed: a number in "
+                              f"({1e3 * MARGIN:g}, 1) (the acceptance test keeps a {MARGIN:g} margin)")
         lp = log2_cap_probability(self.alpha, self.block_size)
         if -lp > math.log2(MAX_EXPECTED_TRIALS):
             raise ConfigError(
@@ -124,10 +127,14 @@ class Spherical(Compressor):
     @staticmethod
     def largest_block(alpha: float) -> int:
         """The largest block size the constructor accepts for this alpha."""
-        d = 1
-        while -log2_cap_probability(alpha, d + 1) <= math.log2(MAX_EXPECTED_TRIALS) and d < 10**6:
-            d += 1
-        return d
+        ok = lambda d: -log2_cap_probability(alpha, d) <= math.log2(MAX_EXPECTED_TRIALS)  # noqa: E731
+        lo, hi = 1, 2
+        while ok(hi) and hi < 2**32:
+            lo, hi = hi, 2 * hi
+        while hi - lo > 1:  # -log2 P grows with d: bisect
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        return lo
 
     def delta(self, d):
         return self.alpha
