@@ -44,6 +44,8 @@ GRIDS = {
     "rand_k": [{"ratio": r} for r in (1 / 16, 1 / 8, 1 / 4, 1 / 2)],
     "top_k": [{"ratio": r} for r in (1 / 16, 1 / 8, 1 / 4, 1 / 2)],
     "natural_dithering": [{"levels": s} for s in (2, 4, 8)],
+    # an absolute grid step (epsilon-compressor); the inputs are standard Gaussian
+    "rounding": [{"resolution": r} for r in (1.0, 0.5, 0.25, 0.1)],
 }
 
 
