@@ -7,6 +7,7 @@ extension: without it this module warns once and uses the twins.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 from . import kernels_ref
@@ -51,3 +52,68 @@ KERNELS_SPARSE_SPHERE = ("sd_encode", "sd_decode_add", "sphere_search")
 sd_encode = _impl_ss.sd_encode
 sd_decode_add = _impl_ss.sd_decode_add
 sphere_search = _impl_ss.sphere_search
+
+# -- sparsification (psgd._sparsify) and dense quantizers (psgd._quant); twins in kernels_ref --
+from .kernels_ref import (ERR_CODE, ERR_INDEX, ERR_NONCANONICAL, ERR_SIZE,  # noqa: E402,F401
+                          ERR_TRAILING, ERR_VALUE, ERR_VARINT, ERR_WIDTH, NATDITHER_MAX_LEVELS,
+                          ROUNDING_MAX_Q)
+
+try:
+    from . import _quant as _impl_q
+    from . import _sparsify as _impl_sp
+    HAVE_CYTHON_SPARSIFY_QUANT = True
+except ImportError as exc:
+    warnings.warn(f"psgd: compiled kernels psgd._sparsify / psgd._quant are not available ({exc}); "
+                  "falling back to the slower NumPy twins in psgd.kernels_ref",
+                  RuntimeWarning, stacklevel=2)
+    _impl_sp = _impl_q = kernels_ref
+    HAVE_CYTHON_SPARSIFY_QUANT = False
+
+#: the rand_k / top_k / sign / natural / natural_dithering / rounding kernels
+KERNELS_SPARSIFY = ("randk_indices", "topk_indices", "gaps_nbytes", "gaps_encode", "gaps_decode",
+                    "sparse_add")
+KERNELS_QUANT = ("sign_nbytes", "sign_encode", "sign_decode_add", "natural_nbytes",
+                 "natural_encode", "natural_decode_add", "natdither_nbytes", "natdither_encode",
+                 "natdither_decode_add", "rounding_widths", "rounding_encode", "rounding_decode_add")
+
+randk_indices = _impl_sp.randk_indices
+topk_indices = _impl_sp.topk_indices
+gaps_nbytes = _impl_sp.gaps_nbytes
+gaps_encode = _impl_sp.gaps_encode
+gaps_decode = _impl_sp.gaps_decode
+sparse_add = _impl_sp.sparse_add
+sign_nbytes = _impl_q.sign_nbytes
+sign_encode = _impl_q.sign_encode
+sign_decode_add = _impl_q.sign_decode_add
+natural_nbytes = _impl_q.natural_nbytes
+natural_encode = _impl_q.natural_encode
+natural_decode_add = _impl_q.natural_decode_add
+natdither_nbytes = _impl_q.natdither_nbytes
+natdither_encode = _impl_q.natdither_encode
+natdither_decode_add = _impl_q.natdither_decode_add
+rounding_widths = _impl_q.rounding_widths
+rounding_encode = _impl_q.rounding_encode
+rounding_decode_add = _impl_q.rounding_decode_add
+
+
+def _kernel_names() -> list[str]:
+    """Every name listed in a KERNELS* tuple of this module (all compiled-or-twin functions)."""
+    g = globals()
+    return [n for key in sorted(g) if key.startswith("KERNELS") for n in g[key]]
+
+
+@contextlib.contextmanager
+def use_twins():
+    """Run the block with every kernel of this module replaced by its NumPy twin.
+
+    Compressors look kernels up as ``kernels.NAME`` at call time, so this switches a
+    whole compressor to its reference implementation (``psgd bench codecs`` measures
+    kernel against twin this way). Not thread-safe; restores the kernels on exit.
+    """
+    g = globals()
+    saved = {n: g[n] for n in _kernel_names()}
+    try:
+        g.update({n: getattr(kernels_ref, n) for n in saved})
+        yield
+    finally:
+        g.update(saved)

@@ -1,0 +1,757 @@
+# cython: language_level=3
+"""Dense quantizer kernels: scaled sign, natural compression, natural dithering, rounding.
+
+Their meaning (random stream, rounding, byte layout, error codes) is defined by the
+NumPy twins in ``psgd/kernels_ref.py`` ("Dense quantizers"); these must agree with
+them exactly: encode byte for byte, decode value for value. Hot loops are plain C
+(below) written so that the compiler can vectorize them; no loop holds the GIL.
+"""
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memset
+
+import numpy as np
+
+cdef extern from *:
+    """
+    #include <string.h>
+    #include <math.h>
+    #define PSGD_GAMMA 0x9E3779B97F4A7C15ULL
+    static inline uint64_t psgd_mix64(uint64_t z) {
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        return z ^ (z >> 31);
+    }
+    static inline uint32_t psgd_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+    static inline uint64_t psgd_f64_bits(double f) { uint64_t u; memcpy(&u, &f, 8); return u; }
+    static inline float psgd_u32_as_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+    static inline void psgd_store_f32le(uint8_t *p, float f) {
+        uint32_t u; memcpy(&u, &f, 4);
+        p[0] = (uint8_t)u; p[1] = (uint8_t)(u >> 8); p[2] = (uint8_t)(u >> 16); p[3] = (uint8_t)(u >> 24);
+    }
+    static inline uint32_t psgd_load_u32le(const uint8_t *p) {
+        return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+    }
+    /* rint(v) for |v| < 2^51 in round-to-nearest-even (what np.rint does), without a libm
+       call on baseline x86-64; for larger |v| the result is still >= 2^50 in magnitude
+       (or NaN), which the range check rejects. */
+    static inline double psgd_rint(double v) {
+        const double c = 6755399441055744.0;      /* 1.5 * 2^52; no -ffast-math: not folded */
+        return (v + c) - c;
+    }
+    static inline unsigned psgd_sb_f32(float v) { return psgd_f32_bits(v) >> 31; }
+    static inline unsigned psgd_sb_f64(double v) { return (unsigned)(psgd_f64_bits(v) >> 63); }
+
+    /* ---- scaled sign: one block of n coordinates whose first sign bit is bit0 of the
+       stream. lane[l] = sequential float64 sum of |x_j| over j = l (mod 8) (block-relative
+       j); sign bits OR-ed into a zeroed stream (whole bytes when bit0 is a byte start). */
+    #define PSGD_SIGN_ENC(SFX, T)                                                             \
+    static void psgd_sign_block_##SFX(const T *x, Py_ssize_t n, Py_ssize_t bit0,              \
+                                      uint8_t *bits, double *lane) {                          \
+        double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;                \
+        Py_ssize_t j = 0;                                                                     \
+        if ((bit0 & 7) == 0) {                                                                \
+            uint8_t *o = bits + (bit0 >> 3);                                                  \
+            for (; j + 8 <= n; j += 8) {                                                      \
+                const T *p = x + j;                                                           \
+                a0 += fabs((double)p[0]); a1 += fabs((double)p[1]);                           \
+                a2 += fabs((double)p[2]); a3 += fabs((double)p[3]);                           \
+                a4 += fabs((double)p[4]); a5 += fabs((double)p[5]);                           \
+                a6 += fabs((double)p[6]); a7 += fabs((double)p[7]);                           \
+                *o++ = (uint8_t)(psgd_sb_##SFX(p[0]) | psgd_sb_##SFX(p[1]) << 1 |             \
+                                 psgd_sb_##SFX(p[2]) << 2 | psgd_sb_##SFX(p[3]) << 3 |        \
+                                 psgd_sb_##SFX(p[4]) << 4 | psgd_sb_##SFX(p[5]) << 5 |        \
+                                 psgd_sb_##SFX(p[6]) << 6 | psgd_sb_##SFX(p[7]) << 7);        \
+            }                                                                                 \
+        }                                                                                     \
+        lane[0] = a0; lane[1] = a1; lane[2] = a2; lane[3] = a3;                               \
+        lane[4] = a4; lane[5] = a5; lane[6] = a6; lane[7] = a7;                               \
+        for (; j < n; j++) {                                                                  \
+            Py_ssize_t b = bit0 + j;                                                          \
+            lane[j & 7] += fabs((double)x[j]);                                                \
+            bits[b >> 3] |= (uint8_t)(psgd_sb_##SFX(x[j]) << (b & 7));                        \
+        }                                                                                     \
+    }
+    PSGD_SIGN_ENC(f32, float)
+    PSGD_SIGN_ENC(f64, double)
+
+    /* out[j] += bit j ? neg : pos, for the n coordinates whose first bit is bit0 */
+    #define PSGD_SIGN_DEC(SFX, T)                                                             \
+    static void psgd_sign_add_##SFX(const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t n,       \
+                                    T pos, T neg, T *out) {                                   \
+        Py_ssize_t j = 0;                                                                     \
+        if ((bit0 & 7) == 0) {                                                                \
+            const uint8_t *q = bits + (bit0 >> 3);                                            \
+            for (; j + 8 <= n; j += 8) {                                                      \
+                unsigned by = *q++;                                                           \
+                T *o = out + j;                                                               \
+                o[0] += (by & 1) ? neg : pos; o[1] += (by & 2) ? neg : pos;                   \
+                o[2] += (by & 4) ? neg : pos; o[3] += (by & 8) ? neg : pos;                   \
+                o[4] += (by & 16) ? neg : pos; o[5] += (by & 32) ? neg : pos;                 \
+                o[6] += (by & 64) ? neg : pos; o[7] += (by & 128) ? neg : pos;                \
+            }                                                                                 \
+        }                                                                                     \
+        for (; j < n; j++) {                                                                  \
+            Py_ssize_t b = bit0 + j;                                                          \
+            out[j] += ((bits[b >> 3] >> (b & 7)) & 1) ? neg : pos;                            \
+        }                                                                                     \
+    }
+    PSGD_SIGN_DEC(f32, float)
+    PSGD_SIGN_DEC(f64, double)
+
+    /* ---- per-coordinate quantizers, flat branch-free loops over a chunk so that they
+       vectorize; each is built for the x86-64 baseline and (GCC >= 12) for x86-64-v4
+       (AVX-512 has 64-bit multiplies for SplitMix64), chosen at run time (as _dither).
+       z = seed + j0 * GAMMA for the chunk's first coordinate j0. */
+    /* natural compression: exponent code and sign flag per coordinate; returns nonzero if
+       some |x| is NaN, Inf or >= 2^128 */
+    static inline __attribute__((always_inline)) int psgd_nat_body_f32(
+            const float *x, Py_ssize_t n, uint64_t z, uint8_t *code, uint8_t *sgn) {
+        uint32_t bad = 0;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            uint32_t u = psgd_f32_bits(x[k]);
+            uint32_t e = (u >> 23) & 0xFF;
+            uint64_t r = psgd_mix64(z + (uint64_t)(k + 1) * PSGD_GAMMA) >> 11;
+            uint32_t c = e + (r < ((uint64_t)(u & 0x7FFFFF) << 30));
+            bad |= e == 0xFF;
+            code[k] = (uint8_t)c;
+            sgn[k] = (uint8_t)((u >> 31) & (c != 0));
+        }
+        return bad != 0;
+    }
+    static inline __attribute__((always_inline)) int psgd_nat_body_f64(
+            const double *x, Py_ssize_t n, uint64_t z, uint8_t *code, uint8_t *sgn) {
+        uint32_t bad = 0;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            uint64_t u = psgd_f64_bits(x[k]);
+            uint32_t e = (uint32_t)((u >> 52) & 0x7FF);
+            uint64_t r = psgd_mix64(z + (uint64_t)(k + 1) * PSGD_GAMMA) >> 11;
+            /* |x| >= 2^-126: e - 896 in [1, 254] (+1 rounding up); below: 0 or 1 (2^-126) */
+            uint32_t hi = e - 896 + (r < ((u & 0xFFFFFFFFFFFFFULL) << 1));
+            uint32_t lo = (double)(int64_t)r * 0x1.0p-53 < fabs(x[k]) * 0x1.0p126;
+            uint32_t c = e >= 897 ? hi : lo;
+            bad |= e >= 1151;                      /* |x| >= 2^128, Inf or NaN */
+            c = e >= 1151 ? 0 : c;
+            code[k] = (uint8_t)c;
+            sgn[k] = (uint8_t)((u >> 63) & (c != 0));
+        }
+        return bad != 0;
+    }
+    /* natural dithering: code = sign + 2 level for the n coordinates of one block with
+       scale t > 0; p2 = 2^(s-1) */
+    #define PSGD_NATD_BODY(SFX, T)                                                            \
+    static inline __attribute__((always_inline)) void psgd_natd_body_##SFX(                   \
+            const T *x, Py_ssize_t n, double t, uint32_t s, double p2, uint64_t z,            \
+            uint32_t *code) {                                                                 \
+        for (Py_ssize_t k = 0; k < n; k++) {                                                  \
+            double xv = (double)x[k];                                                         \
+            double y = fabs(xv) / t;                                                          \
+            uint64_t u = psgd_f64_bits(y);                                                    \
+            int32_t e = (int32_t)(u >> 52) - 1023;       /* floor(log2 y) for normal y */     \
+            uint64_t r = psgd_mix64(z + (uint64_t)(k + 1) * PSGD_GAMMA) >> 11;                \
+            uint32_t mid = (uint32_t)(e + (int32_t)s) + (r < ((u & 0xFFFFFFFFFFFFFULL) << 1));\
+            uint32_t low = (double)(int64_t)r * 0x1.0p-53 < y * p2;                           \
+            uint32_t lev = e >= 1 - (int32_t)s ? mid : low;                                   \
+            lev = y < 1.0 ? lev : s;                                                          \
+            code[k] = (lev << 1) | (uint32_t)((xv < 0) & (lev != 0));                         \
+        }                                                                                     \
+    }
+    PSGD_NATD_BODY(f32, float)
+    PSGD_NATD_BODY(f64, double)
+
+    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+    #define PSGD_Q_HAVE_V4 1
+    #define PSGD_Q_V4 __attribute__((target("arch=x86-64-v4")))
+    #else
+    #define PSGD_Q_HAVE_V4 0
+    #define PSGD_Q_V4
+    #endif
+    static int psgd_q_use_v4 = 0;
+    static int psgd_q_cpu_has_v4(void) {
+    #if PSGD_Q_HAVE_V4
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("x86-64-v4") != 0;
+    #else
+        return 0;
+    #endif
+    }
+    #define PSGD_Q_DISPATCH(SFX, T)                                                           \
+    static int psgd_nat_base_##SFX(const T *x, Py_ssize_t n, uint64_t z, uint8_t *c,          \
+                                   uint8_t *g) { return psgd_nat_body_##SFX(x, n, z, c, g); } \
+    PSGD_Q_V4 static int psgd_nat_v4_##SFX(const T *x, Py_ssize_t n, uint64_t z, uint8_t *c,  \
+                                   uint8_t *g) { return psgd_nat_body_##SFX(x, n, z, c, g); } \
+    static inline int psgd_nat_##SFX(const T *x, Py_ssize_t n, uint64_t z, uint8_t *c,        \
+                                     uint8_t *g) {                                            \
+        return (PSGD_Q_HAVE_V4 && psgd_q_use_v4) ? psgd_nat_v4_##SFX(x, n, z, c, g)           \
+                                                 : psgd_nat_base_##SFX(x, n, z, c, g);        \
+    }                                                                                         \
+    static void psgd_natd_base_##SFX(const T *x, Py_ssize_t n, double t, uint32_t s,          \
+            double p2, uint64_t z, uint32_t *c) { psgd_natd_body_##SFX(x, n, t, s, p2, z, c); }\
+    PSGD_Q_V4 static void psgd_natd_v4_##SFX(const T *x, Py_ssize_t n, double t, uint32_t s,  \
+            double p2, uint64_t z, uint32_t *c) { psgd_natd_body_##SFX(x, n, t, s, p2, z, c); }\
+    static inline void psgd_natd_##SFX(const T *x, Py_ssize_t n, double t, uint32_t s,        \
+                                       double p2, uint64_t z, uint32_t *c) {                  \
+        if (PSGD_Q_HAVE_V4 && psgd_q_use_v4) psgd_natd_v4_##SFX(x, n, t, s, p2, z, c);        \
+        else psgd_natd_base_##SFX(x, n, t, s, p2, z, c);                                      \
+    }
+    PSGD_Q_DISPATCH(f32, float)
+    PSGD_Q_DISPATCH(f64, double)
+
+    /* natural decode: first coordinate with code 0 and its sign bit set, or -1 */
+    static Py_ssize_t psgd_nat_check(const uint8_t *code, const uint8_t *bits, Py_ssize_t d) {
+        Py_ssize_t j = 0;
+        for (; j + 8 <= d; j += 8) {
+            unsigned z = 0;
+            for (int l = 0; l < 8; l++) z |= (unsigned)(code[j + l] == 0) << l;
+            if (z & bits[j >> 3]) break;
+        }
+        for (; j < d; j++)
+            if (code[j] == 0 && ((bits[j >> 3] >> (j & 7)) & 1)) return j;
+        return -1;
+    }
+    /* out_j += (T)(w * (+-pow2[c_j])), the sign applied by flipping the sign bit */
+    #define PSGD_NAT_ADD(SFX, T)                                                              \
+    static void psgd_nat_add_##SFX(const uint8_t *code, const uint8_t *bits, Py_ssize_t d,    \
+                                   const double *pow2, double w, T *out) {                    \
+        for (Py_ssize_t j = 0; j < d; j++) {                                                  \
+            uint64_t u = psgd_f64_bits(pow2[code[j]])                                         \
+                         | ((uint64_t)((bits[j >> 3] >> (j & 7)) & 1) << 63);                 \
+            double v; memcpy(&v, &u, 8);                                                      \
+            out[j] += (T)(w * v);                                                             \
+        }                                                                                     \
+    }
+    PSGD_NAT_ADD(f32, float)
+    PSGD_NAT_ADD(f64, double)
+    """
+    const uint64_t GAMMA "PSGD_GAMMA"
+    uint64_t psgd_mix64(uint64_t z) noexcept nogil
+    uint32_t psgd_f32_bits(float f) noexcept nogil
+    uint64_t psgd_f64_bits(double f) noexcept nogil
+    float psgd_u32_as_f32(uint32_t u) noexcept nogil
+    double psgd_rint(double v) noexcept nogil
+    void psgd_store_f32le(uint8_t *p, float f) noexcept nogil
+    uint32_t psgd_load_u32le(const uint8_t *p) noexcept nogil
+    void psgd_sign_block_f32(const float *x, Py_ssize_t n, Py_ssize_t bit0, uint8_t *bits,
+                             double *lane) noexcept nogil
+    void psgd_sign_block_f64(const double *x, Py_ssize_t n, Py_ssize_t bit0, uint8_t *bits,
+                             double *lane) noexcept nogil
+    void psgd_sign_add_f32(const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t n, float pos,
+                           float neg, float *out) noexcept nogil
+    void psgd_sign_add_f64(const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t n, double pos,
+                           double neg, double *out) noexcept nogil
+    const int HAVE_V4 "PSGD_Q_HAVE_V4"
+    int psgd_q_use_v4
+    int psgd_q_cpu_has_v4() noexcept nogil
+    int psgd_nat_f32(const float *x, Py_ssize_t n, uint64_t z, uint8_t *code, uint8_t *sgn) noexcept nogil
+    int psgd_nat_f64(const double *x, Py_ssize_t n, uint64_t z, uint8_t *code, uint8_t *sgn) noexcept nogil
+    void psgd_natd_f32(const float *x, Py_ssize_t n, double t, uint32_t s, double p2, uint64_t z,
+                       uint32_t *code) noexcept nogil
+    void psgd_natd_f64(const double *x, Py_ssize_t n, double t, uint32_t s, double p2, uint64_t z,
+                       uint32_t *code) noexcept nogil
+    Py_ssize_t psgd_nat_check(const uint8_t *code, const uint8_t *bits, Py_ssize_t d) noexcept nogil
+    void psgd_nat_add_f32(const uint8_t *code, const uint8_t *bits, Py_ssize_t d, const double *pow2,
+                          double w, float *out) noexcept nogil
+    void psgd_nat_add_f64(const uint8_t *code, const uint8_t *bits, Py_ssize_t d, const double *pow2,
+                          double w, double *out) noexcept nogil
+    double ldexp(double x, int e) noexcept nogil
+    double fabs(double x) noexcept nogil
+
+# Must equal the constants of psgd/kernels_ref.py (tests check).
+cdef enum:
+    CHUNK = 4096
+    C_ERR_OK = 0
+    C_ERR_SCALE = 1
+    C_ERR_LEVEL = 3
+    C_ERR_SIGN = 4
+    C_ERR_PADDING = 5
+    C_ERR_WIDTH = 15
+    C_ERR_CODE = 16
+    C_ERR_SIZE = 17
+    NATDITHER_MAX_LEVELS = 127
+ERR_WIDTH, ERR_CODE, ERR_SIZE = C_ERR_WIDTH, C_ERR_CODE, C_ERR_SIZE
+ROUNDING_MAX_Q = 2**31 - 1
+
+psgd_q_use_v4 = psgd_q_cpu_has_v4()
+
+
+def _isa_variants():
+    """The quantizer builds this CPU can run, e.g. ['baseline', 'x86-64-v4'] (for tests)."""
+    return ["baseline"] + (["x86-64-v4"] if psgd_q_cpu_has_v4() else [])
+
+
+def _use_isa(name):
+    """Select a quantizer build from :func:`_isa_variants` (tests compare each with the twin)."""
+    global psgd_q_use_v4
+    if name not in _isa_variants():
+        raise ValueError(f"ISA variant {name!r} is not available; have {_isa_variants()}")
+    psgd_q_use_v4 = name == "x86-64-v4"
+
+
+ctypedef fused real_in:
+    float
+    double
+
+ctypedef fused real_out:
+    float
+    double
+
+
+cdef inline Py_ssize_t _nblocks(Py_ssize_t d, Py_ssize_t bs) noexcept nogil:
+    return (d + bs - 1) // bs
+
+
+cdef _check_bs(Py_ssize_t d, Py_ssize_t block_size):
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if d < 0:
+        raise ValueError(f"d must be >= 0, got {d}")
+
+
+cdef inline int _bitlen(uint64_t v) noexcept nogil:
+    cdef int n = 0
+    while v:
+        n += 1
+        v >>= 1
+    return n
+
+
+cdef Py_ssize_t _check_scales(const uint8_t* p, Py_ssize_t nb, float* scales) noexcept nogil:
+    # finite float32 >= 0 with a clear sign bit (what encode writes); -1 if all are
+    cdef Py_ssize_t i
+    cdef uint32_t u
+    for i in range(nb):
+        u = psgd_load_u32le(p + 4 * i)
+        if (u >> 31) or ((u >> 23) & 0xFF) == 0xFF:
+            return i
+        scales[i] = psgd_u32_as_f32(u)
+    return -1
+
+
+# ------------------------------------------------------------------ scaled sign
+
+def sign_nbytes(Py_ssize_t d, Py_ssize_t block_size):
+    """4 bytes per block scale + ceil(d / 8) bytes of sign bits."""
+    _check_bs(d, block_size)
+    return 4 * _nblocks(d, block_size) + (d + 7) // 8
+
+
+def sign_encode(const real_in[::1] x, Py_ssize_t block_size, uint8_t[::1] out):
+    """Block scales ||x_b||_1 / d_b (float32) and the sign bits of x; ValueError on NaN/Inf."""
+    cdef Py_ssize_t d = x.shape[0]
+    cdef Py_ssize_t n = sign_nbytes(d, block_size), nb = _nblocks(d, block_size)
+    if out.shape[0] != n:
+        raise ValueError(f"sign_encode: out has {out.shape[0]} bytes, expected {n}")
+    cdef Py_ssize_t blk, start, m, bad = -1
+    cdef double lane[8]
+    cdef double s
+    cdef float f
+    if d == 0:
+        return
+    with nogil:
+        memset(&out[4 * nb], 0, (d + 7) // 8)
+        for blk in range(nb):
+            start = blk * block_size
+            m = block_size if d - start > block_size else d - start
+            if real_in is float:
+                psgd_sign_block_f32(&x[start], m, start, &out[4 * nb], lane)
+            else:
+                psgd_sign_block_f64(&x[start], m, start, &out[4 * nb], lane)
+            s = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]))
+            f = <float>(s / <double>m)
+            if not (f <= 3.4028234663852886e38):      # NaN, Inf or overflow
+                bad = blk
+                break
+            psgd_store_f32le(&out[4 * blk], f)
+    if bad >= 0:
+        raise ValueError(f"sign_encode: block {bad} holds NaN or Inf or its mean |x| overflows float32")
+
+
+def sign_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_size,
+                    real_out[::1] out, double weight):
+    """Validate; if valid, out += weight * (+-scale_b per sign bit). Returns (code, where)."""
+    cdef Py_ssize_t n = sign_nbytes(d, block_size), nb = _nblocks(d, block_size)
+    if payload.shape[0] != n or out.shape[0] != d:
+        raise ValueError("sign_decode_add: payload or out has the wrong length")
+    if d == 0:
+        return C_ERR_OK, -1
+    scales_arr = np.empty(nb, dtype=np.float32)
+    cdef float[::1] scales = scales_arr
+    cdef Py_ssize_t blk, start, m, where
+    cdef double t
+    cdef const uint8_t* bits = &payload[4 * nb]
+    with nogil:
+        where = _check_scales(&payload[0], nb, &scales[0])
+    if where >= 0:
+        return C_ERR_SCALE, where
+    if d % 8 and bits[(d + 7) // 8 - 1] >> (d % 8):
+        return C_ERR_PADDING, n - 1
+    with nogil:
+        for blk in range(nb):
+            start = blk * block_size
+            m = block_size if d - start > block_size else d - start
+            t = <double>scales[blk]
+            if real_out is float:
+                psgd_sign_add_f32(bits, start, m, <float>(weight * t), <float>(weight * -t), &out[start])
+            else:
+                psgd_sign_add_f64(bits, start, m, weight * t, weight * -t, &out[start])
+    return C_ERR_OK, -1
+
+
+# ------------------------------------------------------------------ natural compression
+
+cdef double _POW2[256]
+_POW2[0] = 0.0
+for _c in range(1, 256):
+    _POW2[_c] = 2.0 ** (_c - 127)
+
+
+def natural_nbytes(Py_ssize_t d):
+    """d exponent-code bytes + ceil(d / 8) bytes of sign bits (9 bits per coordinate)."""
+    if d < 0:
+        raise ValueError(f"d must be >= 0, got {d}")
+    return d + (d + 7) // 8
+
+
+cdef inline void _pack_bits(const uint8_t* flags, Py_ssize_t n, Py_ssize_t bit0, uint8_t* out) noexcept nogil:
+    # OR the 0/1 flags into a zeroed LSB-first bit stream starting at bit0
+    cdef Py_ssize_t k = 0, b
+    if (bit0 & 7) == 0:
+        while k + 8 <= n:
+            out[(bit0 + k) >> 3] = (flags[k] | flags[k + 1] << 1 | flags[k + 2] << 2 | flags[k + 3] << 3
+                                    | flags[k + 4] << 4 | flags[k + 5] << 5 | flags[k + 6] << 6
+                                    | flags[k + 7] << 7)
+            k += 8
+    while k < n:
+        b = bit0 + k
+        out[b >> 3] |= flags[k] << (b & 7)
+        k += 1
+
+
+def natural_encode(const real_in[::1] x, uint64_t seed, uint8_t[::1] out):
+    """Exponent codes then sign bits (kernels_ref); ValueError on NaN, Inf or |x| >= 2^128."""
+    cdef Py_ssize_t d = x.shape[0], n = natural_nbytes(d), j, m
+    if out.shape[0] != n:
+        raise ValueError(f"natural_encode: out has {out.shape[0]} bytes, expected {n}")
+    cdef uint8_t sgn[CHUNK]
+    cdef int bad = 0
+    if d == 0:
+        return
+    with nogil:
+        memset(&out[d], 0, n - d)
+        j = 0
+        while j < d:
+            m = CHUNK if d - j > CHUNK else d - j
+            if real_in is float:
+                bad |= psgd_nat_f32(&x[j], m, seed + <uint64_t>j * GAMMA, &out[j], sgn)
+            else:
+                bad |= psgd_nat_f64(&x[j], m, seed + <uint64_t>j * GAMMA, &out[j], sgn)
+            _pack_bits(sgn, m, j, &out[d])
+            j += m
+    if bad:
+        raise ValueError("natural_encode: x holds NaN or Inf, or |x_i| >= 2^128")
+
+
+def natural_decode_add(const uint8_t[::1] payload, Py_ssize_t d, real_out[::1] out, double weight):
+    """Validate; if valid, out += weight * (+-2^(code-127)). Returns (code, where)."""
+    cdef Py_ssize_t n = natural_nbytes(d), j, b
+    if payload.shape[0] != n or out.shape[0] != d:
+        raise ValueError("natural_decode_add: payload or out has the wrong length")
+    if d == 0:
+        return C_ERR_OK, -1
+    cdef const uint8_t* bits = &payload[d]
+    cdef Py_ssize_t where
+    with nogil:
+        where = psgd_nat_check(&payload[0], bits, d)
+    if where >= 0:
+        return C_ERR_SIGN, where
+    if d % 8 and bits[n - d - 1] >> (d % 8):
+        return C_ERR_PADDING, n - 1
+    with nogil:
+        if real_out is float:
+            psgd_nat_add_f32(&payload[0], bits, d, _POW2, weight, &out[0])
+        else:
+            psgd_nat_add_f64(&payload[0], bits, d, _POW2, weight, &out[0])
+    return C_ERR_OK, -1
+
+
+# ------------------------------------------------------------------ natural dithering
+
+cdef inline Py_ssize_t _natd_bits(Py_ssize_t levels) noexcept nogil:
+    return 1 + _bitlen(<uint64_t>levels)
+
+
+def natdither_nbytes(Py_ssize_t d, Py_ssize_t block_size, Py_ssize_t levels):
+    """4 bytes per block scale + ceil(d * (1 + ceil(log2(s + 1))) / 8) symbol bytes."""
+    _check_bs(d, block_size)
+    if not 1 <= levels <= NATDITHER_MAX_LEVELS:
+        raise ValueError(f"levels must be in [1, {NATDITHER_MAX_LEVELS}], got {levels}")
+    return 4 * _nblocks(d, block_size) + (d * _natd_bits(levels) + 7) // 8
+
+
+def natdither_encode(const real_in[::1] x, const float[::1] scales, Py_ssize_t block_size,
+                     Py_ssize_t levels, uint64_t seed, uint8_t[::1] out):
+    """Quantize x to sign * t_b * {0, 2^(1-s), ..., 1} and write the payload (kernels_ref)."""
+    cdef Py_ssize_t d = x.shape[0]
+    cdef Py_ssize_t n = natdither_nbytes(d, block_size, levels), nb = _nblocks(d, block_size)
+    if scales.shape[0] != nb or out.shape[0] != n:
+        raise ValueError("natdither_encode: scales or out has the wrong length")
+    cdef Py_ssize_t i, blk, j = 0, end, p
+    for i in range(nb):
+        if not (0.0 <= scales[i] <= 3.4028234663852886e38):
+            raise ValueError("natdither_encode: scales must be finite and >= 0")
+    if d == 0:
+        return
+    cdef int b = <int>_natd_bits(levels), nbits = 0
+    cdef uint32_t s = <uint32_t>levels
+    cdef uint32_t code[CHUNK]
+    cdef uint64_t acc = 0
+    cdef double t, p2 = 2.0 ** (levels - 1)
+    cdef Py_ssize_t k, m
+    with nogil:
+        for i in range(nb):
+            psgd_store_f32le(&out[4 * i], scales[i] + <float>0.0)
+        p = 4 * nb
+        for blk in range(nb):
+            end = j + block_size if d - j > block_size else d
+            t = <double>scales[blk]
+            while j < end:
+                m = CHUNK if end - j > CHUNK else end - j
+                if t == 0.0:
+                    memset(code, 0, m * sizeof(uint32_t))
+                elif real_in is float:
+                    psgd_natd_f32(&x[j], m, t, s, p2, seed + <uint64_t>j * GAMMA, code)
+                else:
+                    psgd_natd_f64(&x[j], m, t, s, p2, seed + <uint64_t>j * GAMMA, code)
+                for k in range(m):
+                    acc |= <uint64_t>code[k] << nbits
+                    nbits += b
+                    if nbits >= 32:
+                        out[p] = <uint8_t>acc
+                        out[p + 1] = <uint8_t>(acc >> 8)
+                        out[p + 2] = <uint8_t>(acc >> 16)
+                        out[p + 3] = <uint8_t>(acc >> 24)
+                        p += 4
+                        acc >>= 32
+                        nbits -= 32
+                j += m
+        while nbits > 0:
+            out[p] = <uint8_t>acc
+            p += 1
+            acc >>= 8
+            nbits -= 8
+
+
+def natdither_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_size,
+                         Py_ssize_t levels, real_out[::1] out, double weight):
+    """Validate; if valid, out += weight * sign * ldexp(t_b, level - s). Returns (code, where)."""
+    cdef Py_ssize_t n = natdither_nbytes(d, block_size, levels), nb = _nblocks(d, block_size)
+    if payload.shape[0] != n or out.shape[0] != d:
+        raise ValueError("natdither_decode_add: payload or out has the wrong length")
+    if d == 0:
+        return C_ERR_OK, -1
+    scales_arr = np.empty(nb, dtype=np.float32)
+    cdef float[::1] scales = scales_arr
+    cdef Py_ssize_t where, j, p, blk, end
+    cdef int b = <int>_natd_bits(levels), nbits = 0, code = C_ERR_OK
+    cdef uint64_t acc = 0, c, mask = (<uint64_t>1 << b) - 1, s = <uint64_t>levels
+    cdef const uint8_t* sym = &payload[4 * nb]
+    cdef double t, v
+    cdef double lut[NATDITHER_MAX_LEVELS + 1]
+    lut[0] = 0.0
+    for j in range(1, levels + 1):
+        lut[j] = 2.0 ** (j - levels)
+    with nogil:
+        where = _check_scales(&payload[0], nb, &scales[0])
+        if where >= 0:
+            code = C_ERR_SCALE
+        else:
+            p = 0
+            for j in range(d):
+                while nbits < b:
+                    acc |= <uint64_t>sym[p] << nbits
+                    p += 1
+                    nbits += 8
+                c = acc & mask
+                acc >>= b
+                nbits -= b
+                if (c >> 1) > s:
+                    code = C_ERR_LEVEL
+                    where = j
+                    break
+                if c == 1:
+                    code = C_ERR_SIGN
+                    where = j
+                    break
+            if code == C_ERR_OK and (d * b) % 8 and (sym[n - 4 * nb - 1] >> ((d * b) % 8)) != 0:
+                code = C_ERR_PADDING
+                where = n - 1
+        if code == C_ERR_OK:
+            p = 0
+            nbits = 0
+            acc = 0
+            j = 0
+            for blk in range(nb):
+                end = j + block_size if d - j > block_size else d
+                t = <double>scales[blk]
+                while j < end:
+                    while nbits < b:
+                        acc |= <uint64_t>sym[p] << nbits
+                        p += 1
+                        nbits += 8
+                    c = acc & mask
+                    acc >>= b
+                    nbits -= b
+                    v = t * lut[c >> 1]       # == ldexp(t, level - s), exactly
+                    if c & 1:
+                        v = -v
+                    out[j] = out[j] + <real_out>(weight * v)
+                    j += 1
+    return code, where
+
+
+# ------------------------------------------------------------------ rounding
+
+def rounding_widths(const real_in[::1] x, Py_ssize_t block_size, double resolution):
+    """Per block, the bit length of the largest zig-zag code of q = rint(x / resolution)."""
+    cdef Py_ssize_t d = x.shape[0]
+    _check_bs(d, block_size)
+    if not resolution > 0.0:
+        raise ValueError(f"resolution must be > 0, got {resolution}")
+    cdef Py_ssize_t nb = _nblocks(d, block_size), blk, j, end, bad = -1
+    result = np.zeros(nb, dtype=np.uint8)
+    cdef uint8_t[::1] w = result
+    cdef double q, qmax = ROUNDING_MAX_Q
+    cdef uint64_t orv
+    cdef int64_t qi
+    with nogil:
+        j = 0
+        for blk in range(nb):
+            end = j + block_size if d - j > block_size else d
+            orv = 0
+            while j < end:
+                q = psgd_rint(<double>x[j] / resolution)
+                if not (fabs(q) <= qmax):
+                    bad = j
+                    break
+                qi = <int64_t>q
+                orv |= <uint64_t>((qi << 1) ^ (qi >> 63))
+                j += 1
+            if bad >= 0:
+                break
+            w[blk] = <uint8_t>_bitlen(orv)
+    if bad >= 0:
+        raise ValueError(f"rounding_widths: |x[{bad}]| / resolution is NaN, Inf or above 2^31 - 1")
+    return result
+
+
+def rounding_encode(const real_in[::1] x, const uint8_t[::1] widths, Py_ssize_t block_size,
+                    double resolution, uint8_t[::1] out):
+    """Widths bytes, then each block's zig-zag codes in its width, LSB-first (kernels_ref)."""
+    cdef Py_ssize_t d = x.shape[0]
+    _check_bs(d, block_size)
+    cdef Py_ssize_t nb = _nblocks(d, block_size), blk, j = 0, end, p, total = 0, m
+    if widths.shape[0] != nb:
+        raise ValueError("rounding_encode: widths has the wrong length")
+    for blk in range(nb):
+        if widths[blk] > 32:
+            raise ValueError("rounding_encode: widths must be <= 32")
+        m = block_size if d - blk * block_size > block_size else d - blk * block_size
+        total += m * widths[blk]
+    if out.shape[0] != nb + (total + 7) // 8:
+        raise ValueError(f"rounding_encode: out has {out.shape[0]} bytes, expected {nb + (total + 7) // 8}")
+    cdef int nbits = 0, wb
+    cdef uint64_t acc = 0, code, mask
+    cdef int64_t qi
+    with nogil:
+        for blk in range(nb):
+            out[blk] = widths[blk]
+        p = nb
+        for blk in range(nb):
+            end = j + block_size if d - j > block_size else d
+            wb = widths[blk]
+            mask = (<uint64_t>1 << wb) - 1
+            while j < end:
+                qi = <int64_t>psgd_rint(<double>x[j] / resolution)
+                code = <uint64_t>((qi << 1) ^ (qi >> 63)) & mask
+                acc |= code << nbits
+                nbits += wb
+                if nbits >= 32:
+                    out[p] = <uint8_t>acc
+                    out[p + 1] = <uint8_t>(acc >> 8)
+                    out[p + 2] = <uint8_t>(acc >> 16)
+                    out[p + 3] = <uint8_t>(acc >> 24)
+                    p += 4
+                    acc >>= 32
+                    nbits -= 32
+                j += 1
+        while nbits > 0:
+            out[p] = <uint8_t>acc
+            p += 1
+            acc >>= 8
+            nbits -= 8
+
+
+def rounding_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_size,
+                        double resolution, real_out[::1] out, double weight):
+    """Validate; if valid, out += weight * (resolution * q). Returns (code, where)."""
+    _check_bs(d, block_size)
+    if out.shape[0] != d:
+        raise ValueError("rounding_decode_add: out has the wrong length")
+    cdef Py_ssize_t nb = _nblocks(d, block_size), n = payload.shape[0], blk, j, end, p, total = 0, m
+    if n < nb:
+        return C_ERR_SIZE, nb
+    for blk in range(nb):
+        if payload[blk] > 32:
+            return C_ERR_WIDTH, blk
+        m = block_size if d - blk * block_size > block_size else d - blk * block_size
+        total += m * payload[blk]
+    if n != nb + (total + 7) // 8:
+        return C_ERR_SIZE, nb + (total + 7) // 8
+    if d == 0:
+        return C_ERR_OK, -1
+    cdef int nbits, wb, code = C_ERR_OK, phase
+    cdef uint64_t acc, c, mask, orv
+    cdef int64_t q
+    cdef Py_ssize_t where = -1
+    with nogil:
+        for phase in range(2):                # 0: validate everything, 1: accumulate
+            j = 0
+            p = nb
+            nbits = 0
+            acc = 0
+            for blk in range(nb):
+                end = j + block_size if d - j > block_size else d
+                wb = payload[blk]
+                mask = (<uint64_t>1 << wb) - 1
+                orv = 0
+                while j < end:
+                    while nbits < wb:
+                        acc |= <uint64_t>payload[p] << nbits
+                        p += 1
+                        nbits += 8
+                    c = acc & mask
+                    acc >>= wb
+                    nbits -= wb
+                    if phase == 0:
+                        if c == 0xFFFFFFFFULL:        # q = -2^31: encode never makes it
+                            code = C_ERR_CODE
+                            where = j
+                            break
+                        orv |= c
+                    else:
+                        q = <int64_t>(c >> 1) ^ -<int64_t>(c & 1)
+                        out[j] = out[j] + <real_out>(weight * (resolution * <double>q))
+                    j += 1
+                if code != C_ERR_OK:
+                    break
+                if phase == 0 and _bitlen(orv) != wb:
+                    code = C_ERR_WIDTH
+                    where = blk
+                    break
+            if code != C_ERR_OK:
+                break
+            if phase == 0 and (total % 8) and (payload[n - 1] >> (total % 8)) != 0:
+                code = C_ERR_PADDING
+                where = n - 1
+                break
+    return code, where
