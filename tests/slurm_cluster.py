@@ -170,7 +170,10 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 SlurmdParameters=config_overrides
 KillWait={kill_wait}
-MinJobAge=600
+# MinJobAge: finished jobs stay visible to scontrol for >= 16 s, and sbatch --wait polls every
+# 8 s (its interval grows 2 -> 8 -> 32 s while below MinJobAge/2).  MinJobAge=0 does not keep
+# records here (22.05 purged them ~5 s after completion).
+MinJobAge=16
 InactiveLimit=0
 NodeName={node} NodeHostname=localhost NodeAddr=127.0.0.1 CPUs={cpus} Boards=1 SocketsPerBoard=1 CoresPerSocket={cpus} ThreadsPerCore=1 RealMemory=1000 State=UNKNOWN
 PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
@@ -416,19 +419,35 @@ class SlurmCluster:
                 out.append(rec)
         return out
 
-    def wait_job(self, jobid: str, timeout: float, states=("COMPLETED", "FAILED", "CANCELLED",
-                 "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-                 "PREEMPTED"), poll: float = 0.5) -> dict[str, str]:
-        """Poll until every record of the job is in one of ``states``; returns the first."""
+    FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+             "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+
+    def wait_jobs(self, jobid: str, timeout: float, states=FINAL, poll: float = 0.5
+                  ) -> list[dict[str, str]]:
+        """Poll every ``poll`` s until the job (every task of an array job) is in one of
+        ``states``; returns the last record seen of each (array tasks in index order).
+        Records are remembered as they are seen, since SLURM purges finished ones after
+        MinJobAge."""
         deadline = time.monotonic() + timeout
+        seen: dict[str, dict[str, str]] = {}
         while True:
             recs = self.jobs(jobid)
-            if recs and all(r.get("JobState") in states for r in recs):
-                return recs[0]
+            for r in recs:
+                seen[r.get("JobId", "?")] = r
+            if seen and all(r.get("JobState") in states for r in [*recs, *seen.values()]):
+                def order(r):
+                    t = r.get("ArrayTaskId", "")
+                    return (int(t) if t.isdigit() else -1, int(r.get("JobId", "0")))
+                return sorted(seen.values(), key=order)
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"job {jobid} not in {states} after {timeout}s: "
-                                   f"{[(r.get('JobId'), r.get('JobState'), r.get('Reason')) for r in recs]}")
+                                   f"{[(r.get('JobId'), r.get('ArrayTaskId'), r.get('JobState'), r.get('Reason')) for r in seen.values()]}")
             time.sleep(poll)
+
+    def wait_job(self, jobid: str, timeout: float, states=FINAL, poll: float = 0.5
+                 ) -> dict[str, str]:
+        """wait_jobs() for a plain job: its final record."""
+        return self.wait_jobs(jobid, timeout, states, poll)[0]
 
     def queue(self) -> str:
         return self.run(["squeue", "-o", "%i %j %T %r %M"], timeout=10).stdout.strip()

@@ -114,11 +114,13 @@ def test_sweep_array(cluster, workdir):
 
     settings = _sweep_settings(EXAMPLE_SWEEP)
     assert len(settings) == 3
-    jobid = cluster.sbatch(["--export=ALL", f"--array=0-{len(settings) - 1}", str(SWEEP),
-                            str(QUICKSTART), str(EXAMPLE_SWEEP), "--set", "run.iterations=60"],
+    # 3 ranks (server + 2 workers) per run instead of the script's 5: two runs fit on the
+    # test node (8 CPUs) at once and the 2-core machine has fewer processes to start.
+    jobid = cluster.sbatch(["--export=ALL", "--ntasks=3", f"--array=0-{len(settings) - 1}",
+                            str(SWEEP), str(QUICKSTART), str(EXAMPLE_SWEEP),
+                            "--set", "run.iterations=60"],
                            cwd=workdir, timeout=30)
-    cluster.wait_job(jobid, timeout=120)   # polls every 0.5 s (sbatch --wait: every ~10 s)
-    recs = cluster.jobs(jobid)
+    recs = cluster.wait_jobs(jobid, timeout=120)   # polls every 0.5 s (sbatch --wait: 8 s)
     logs = "\n".join(_log(workdir, f"psgd-sweep-{jobid}_{i}.out") for i in range(len(settings)))
     assert len(recs) == len(settings), (recs, logs)
     for rec in recs:
@@ -141,12 +143,15 @@ def test_sweep_array(cluster, workdir):
     assert len(omegas) == len(settings), omegas   # the settings really differ
 
 
-def _psgd_supports_resume() -> bool:
+def _psgd_resume_help() -> str:
+    """'' when `psgd run --help` offers --resume, else what it said instead."""
     try:
         r = subprocess.run([str(PSGD), "run", "--help"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "--resume" in r.stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"psgd run --help failed: {exc}"
+    if "--resume" in r.stdout:
+        return ""
+    return f"rc={r.returncode}: {(r.stdout + r.stderr).strip()[-300:]}"
 
 
 def _metrics_step(out: Path) -> int:
@@ -161,10 +166,11 @@ def test_usr1_checkpoint_requeue_resume(cluster, workdir):
     """What happens 120 s before the time limit (--signal=B:USR1@120), triggered by hand:
     the batch shell gets USR1, the run checkpoints and exits 3, the job requeues itself and
     the requeued run resumes from the checkpoint and completes."""
-    if not _psgd_supports_resume():
-        pytest.skip("psgd run --help does not mention --resume yet (no checkpoints)")
+    why = _psgd_resume_help()
+    if why:
+        pytest.skip(f"psgd run --help does not mention --resume yet (no checkpoints): {why}")
     iterations = 400
-    jobid = cluster.sbatch(["--export=ALL", str(SBATCH), str(QUICKSTART),
+    jobid = cluster.sbatch(["--export=ALL", "--ntasks=3", str(SBATCH), str(QUICKSTART),
                             "--set", f"run.iterations={iterations}",
                             "--set", "run.worker_delay={0: 0.02}",   # ~20 ms per step
                             "--set", "run.target=null", "--set", "run.log_every=10"],
@@ -194,7 +200,22 @@ def test_usr1_checkpoint_requeue_resume(cluster, workdir):
     ckpt = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert 0 < ckpt["step"] < iterations, ckpt
 
-    info = cluster.wait_job(jobid, timeout=cluster.cred_expire + 60)
+    # Wait for the requeued run to finish; fail early if it resumed but makes no progress.
+    done = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+    deadline = time.monotonic() + cluster.cred_expire + 60
+    resumed_at = None
+    while True:
+        info = cluster.job(jobid)
+        if info.get("JobState") in done:
+            break
+        assert time.monotonic() < deadline, (info, _log(workdir, logname))
+        if resumed_at is None and "resuming from the checkpoint" in _log(workdir, logname):
+            resumed_at = time.monotonic()
+        if resumed_at is not None and time.monotonic() - resumed_at > 30:
+            assert _metrics_step(out) > ckpt["step"], \
+                (f"the resumed run made no progress past step {ckpt['step']} in 30 s",
+                 _log(workdir, logname))
+        time.sleep(0.5)
     log = _log(workdir, logname)
     assert (info.get("JobState"), info.get("ExitCode"), info.get("Restarts")) == \
         ("COMPLETED", "0:0", "1"), (info, log)
