@@ -77,6 +77,9 @@ class Real(Constraint):
         return f"a number in {left}{lo}, {hi}{right}"
 
     def convert(self, value):
+        if isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads 1e-6 as a string: it needs a dot (1.0e-6). Accept it.
+            value = float(value.strip())
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError
         value = float(value)

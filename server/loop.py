@@ -79,7 +79,7 @@ class Server:
         for j in range(self.n):
             if j not in self.queued:
                 self._send_model(j)
-        self.metrics.log(self, force=True)
+        self.metrics.log(self, force=resume_step is None)  # a resumed run logged its start already
         status = "max_iterations"
         backoff = Backoff()
         while self.state.step < iterations:
@@ -87,18 +87,18 @@ class Server:
                 self._checkpoint()
                 status = "interrupted"
                 break
-            t0 = time.perf_counter()
-            done = self._completed()
-            if not done:
-                self._check_silence()
-                backoff.wait()
-                self.timers["wait"] += time.perf_counter() - t0
-                continue
-            backoff.reset()
-            self.timers["wait"] += time.perf_counter() - t0
-            for j in done:
-                self._receive(j)
             if not self._may_update():
+                # (a resumed run may start with a full queue, so the gate comes first)
+                t0 = time.perf_counter()
+                done = self._completed()
+                self.timers["wait"] += time.perf_counter() - t0
+                if not done:
+                    self._check_silence()
+                    backoff.wait()
+                    continue
+                backoff.reset()
+                for j in done:
+                    self._receive(j)
                 continue
             batch = self._update()
             logged = self.metrics.log(self, force=self.state.step >= iterations)

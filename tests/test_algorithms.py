@@ -5,6 +5,7 @@ import pytest
 
 from psgd import algorithms
 from psgd.compressors import get_compressor
+from psgd.validation import check_params
 
 
 class LocalLS:
@@ -31,8 +32,9 @@ def make_problem(n=4, m=40, d=12, l2=0.1, seed=0):
 
 
 def cfg_for(name, form=None, **alg):
-    return {"algorithm": {"name": name, "stepsize": "theory", "batch_size": None,
-                          "async_form": form, **alg}}
+    cls = algorithms.get_algorithm_class(name)
+    params = check_params("algorithm", cls.params, {"async_form": form, **alg})
+    return {"algorithm": {"name": name, **params}}
 
 
 def simulate(alg, comp, locs, steps, seed=0, order=None):
@@ -104,8 +106,11 @@ def test_ef21_and_ef_converge_with_a_contracted_unbiased_compressor():
     ef21 = build("ef21", comp, consts)
     assert ef21.hyper.message_scale == pytest.approx(1 / (1 + comp.omega(12)))
     assert np.linalg.norm(simulate(ef21, comp, locs, 4000) - x_star) < 1e-8
+    # classic EF only reaches a neighbourhood here: with heterogeneous data grad f_i(x*) != 0,
+    # so the error memories never vanish (the defect EF21 was designed to remove)
     x_ef = simulate(build("ef", comp, consts), comp, locs, 4000)
-    assert np.linalg.norm(x_ef - x_star) < 1e-2
+    err = np.linalg.norm(x_ef - x_star)
+    assert 1e-6 < err < 0.2 * np.linalg.norm(x_star)
 
 
 def test_diana_momentum_converges():

@@ -63,7 +63,7 @@ BAD = [
     (GOOD, ["run.iterations"], "expected key.path=value"),
     (GOOD, ["run.iterations=-3"], "run.iterations: got -3"),
     (GOOD, ["compressor.levels=two"], "compressor.levels: got 'two'"),
-    (GOOD, ["run.mode.x=1"], "run.mode is"),
+    (GOOD, ["run.iterations.x=1"], "run.iterations is"),
 ]
 
 

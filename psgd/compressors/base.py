@@ -36,6 +36,7 @@ CODEC_VERSION = 1
 _HEADER = struct.Struct("<BBBBI")
 HEADER_NBYTES = _HEADER.size
 MAX_DIM = 2**32 - 1
+MAX_UNCHECKED_DIM = 2**26  # decode() without d= refuses larger claims from variable-length codes
 
 
 class Compressor(ABC):
@@ -180,6 +181,11 @@ class Compressor(ABC):
             raise WireFormatError(f"{self.name}: reserved codec flags are 0x{flags:02x}, expected 0")
         if expected_d is not None and d != expected_d:
             raise WireFormatError(f"{self.name}: message has d={d}, expected d={expected_d}")
+        if expected_d is None and d > MAX_UNCHECKED_DIM and self._payload_nbytes(d) is None:
+            # a variable-length code cannot vouch for d by its length: never allocate an
+            # untrusted 2^32-element vector; callers that expect one say so with d=
+            raise WireFormatError(f"{self.name}: message claims d={d}; pass d= to decode vectors "
+                                  f"longer than {MAX_UNCHECKED_DIM}")
         payload = raw[HEADER_NBYTES:]
         fixed = self._payload_nbytes(d)
         if fixed is not None and payload.size != fixed:
