@@ -9,6 +9,7 @@ from .base import Compressor
 from . import identity  # noqa: F401  (registers)
 from . import dithering  # noqa: F401
 from . import sparse_dithering, spherical, sketches  # noqa: F401,E402
+from . import rand_k, top_k, sign, natural, rounding  # noqa: F401,E402
 
 __all__ = ["Compressor", "get_compressor", "available"]
 
