@@ -1,0 +1,240 @@
+"""``psgd bench codecs``: codec throughput against the NumPy twins and the memory bandwidth.
+
+For every compressor (default: a representative parameter set of every registered
+one; ``--compressors a,b`` or ``name:key=value;key=value`` to choose) on one float32
+Gaussian vector of length ``--dim`` (default 10^7) it measures, as the median of
+``--repeats`` runs:
+
+* encode and decode-and-accumulate (``decode_add`` into a float32 sum) throughput,
+  in GB/s of float32 input (4 d bytes / time);
+* the same for the NumPy twins (the compressor run inside :func:`psgd.kernels.use_twins`,
+  which swaps every compiled kernel for its reference implementation);
+* ``np.copyto`` of the input, the memory-bandwidth ceiling of a streaming pass;
+* bits per coordinate from the actual message (``8 len(buf) / d``, header included),
+  and the normalized error ``||C(x) - x||^2 / ||x||^2`` of that message beside the
+  theoretical omega (unbiased) or delta (biased).
+
+Ratios ``kernel/twin`` and ``kernel/copy`` are printed (throughput ratios: > 1 means
+faster). ``same`` says whether kernel and twin produced the same bytes from the same
+seed. ``--clock cpu`` times with the thread's CPU clock instead of the wall clock,
+which is steadier on a shared machine (it does not count time the process waits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+import numpy as np
+
+#: representative settings (a list per compressor); others use their defaults
+REPRESENTATIVE = {
+    "identity": [{"dtype": "float32"}],
+    "random_dithering": [{"levels": 1}, {"levels": 4, "block_size": 4096},
+                         {"levels": "sqrt", "encoding": "elias"}],
+    "sparse_dithering": [{"variant": "randomized", "omega": 1.0, "block_size": 4096}],
+    "spherical": [{"alpha": 0.5, "block_size": 8}],
+    "gaussian_sketch": [{"ratio": 0.125, "block_size": 64}],
+    "haar_sketch": [{"ratio": 0.125, "block_size": 64}],
+    "coordinate_sketch": [{"ratio": 0.01}],
+    "rand_k": [{"ratio": 0.01}],
+    "top_k": [{"ratio": 0.01}],
+    "sign": [{}],
+    "natural": [{}],
+    "natural_dithering": [{"levels": 8, "block_size": 1024}],
+    "rounding": [{"resolution": 0.01, "block_size": 256}],
+}
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="psgd bench codecs",
+                                description="Encode / decode_add throughput of every compressor "
+                                            "against its NumPy twin and np.copyto.")
+    p.add_argument("--dim", type=int, default=10**7, help="vector length d (default 10^7)")
+    p.add_argument("--compressors", default=None,
+                   help="comma-separated names, optionally name:key=value;key=value "
+                        "(default: a representative setting of every registered compressor)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    p.add_argument("--no-twins", action="store_true", help="skip the NumPy twin measurements")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: time.perf_counter; cpu: time.thread_time (steadier when shared)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, metavar="FILE", help="write the rows here")
+    return p
+
+
+def _value(text: str):
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "null": None}.get(text.lower(), text)
+
+
+def _settings(spec: str | None, d: int) -> list[dict]:
+    from .compressors import available
+    if spec is None:
+        names = available()
+        chosen = [dict(name=n, **p) for n in names for p in REPRESENTATIVE.get(n, [{}])]
+    else:
+        chosen = []
+        for item in filter(None, (s.strip() for s in spec.split(","))):
+            name, _, params = item.partition(":")
+            cfg = {"name": name}
+            for kv in filter(None, params.split(";")):
+                key, _, val = kv.partition("=")
+                cfg[key.strip()] = _value(val.strip())
+            if params:
+                chosen.append(cfg)
+            else:
+                chosen += [dict(name=name, **p) for p in REPRESENTATIVE.get(name, [{}])]
+    for cfg in chosen:                      # "sqrt": s = round(sqrt(d)) (QSGD Cor. 3.3)
+        if cfg.get("levels") == "sqrt":
+            cfg["levels"] = max(1, round(math.sqrt(d)))
+    return chosen
+
+
+def _timer(clock):
+    return time.thread_time if clock == "cpu" else time.perf_counter
+
+
+def _median_time(fn, repeats: int, clock) -> float:
+    tick = _timer(clock)
+    times = []
+    for _ in range(repeats):
+        t0 = tick()
+        fn()
+        times.append(tick() - t0)
+    return statistics.median(times)
+
+
+def _theory(c, d):
+    try:
+        return ("omega", float(c.omega(d))) if c.unbiased else ("delta", float(c.delta(d)))
+    except Exception:  # noqa: BLE001 - not every compressor states one
+        return ("omega" if c.unbiased else "delta", float("nan"))
+
+
+def measure(cfg: dict, x: np.ndarray, repeats: int, clock: str, twins: bool, seed: int) -> dict:
+    """One row: throughput of the compiled kernels and the twins, bits, error (see module doc)."""
+    from . import kernels
+    from .compressors import get_compressor
+    c = get_compressor(cfg)
+    d = x.size
+    key = 0x5EED_0F_C0DEC if c.shared_randomness else None
+    gb = 4.0 * d / 1e9
+
+    def run():
+        def enc():
+            return c.encode(x, np.random.default_rng(seed), key=key)
+        buf = enc()
+        out = np.zeros(d, dtype=np.float32)
+
+        def dec():
+            c.decode_add(buf, out, 1.0, key=key)
+        dec()                                 # warm up (and check it decodes)
+        return buf, gb / _median_time(enc, repeats, clock), gb / _median_time(dec, repeats, clock)
+
+    buf, enc_gbs, dec_gbs = run()
+    y = c.decode(buf, key=key, d=d)
+    x64 = x.astype(np.float64)
+    err = float(((y - x64) ** 2).sum() / (x64 @ x64))
+    kind, theo = _theory(c, d)
+    row = {"compressor": cfg["name"], "params": {k: v for k, v in cfg.items() if k != "name"},
+           "bits_per_coord": 8.0 * len(buf) / d, "err": err, "kind": kind, "theory": theo,
+           "encode_gbs": enc_gbs, "decode_add_gbs": dec_gbs}
+    if twins:
+        with kernels.use_twins():
+            tbuf, tenc, tdec = run()
+        row.update(twin_encode_gbs=tenc, twin_decode_add_gbs=tdec,
+                   twin_same_bytes=bool(tbuf.tobytes() == buf.tobytes()))
+    return row
+
+
+def copy_gbs(x: np.ndarray, repeats: int, clock: str) -> float:
+    y = np.empty_like(x)
+    np.copyto(y, x)
+    return 4.0 * x.size / 1e9 / _median_time(lambda: np.copyto(y, x), repeats, clock)
+
+
+def _fmt_params(p: dict) -> str:
+    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.items())
+
+
+def table(rows: list[dict], d: int, copy: float, repeats: int, clock: str, compiled: bool) -> str:
+    head = ["compressor", "params", "bits/c", "err/|x|^2", "theory", "enc GB/s", "dec GB/s",
+            "enc/copy", "dec/copy", "enc/twin", "dec/twin", "same"]
+    lines, notes = [], []
+    for r in rows:
+        if "error" in r:
+            notes.append(f"# note: {r['compressor']}({_fmt_params(r['params'])}) {r['error']}")
+            continue
+        tw = "twin_encode_gbs" in r
+        lines.append([
+            r["compressor"], _fmt_params(r["params"]), f"{r['bits_per_coord']:.3f}",
+            f"{r['err']:.4g}", f"{r['kind']}={r['theory']:.4g}",
+            f"{r['encode_gbs']:.3f}", f"{r['decode_add_gbs']:.3f}",
+            f"{r['encode_gbs'] / copy:.3f}", f"{r['decode_add_gbs'] / copy:.3f}",
+            f"{r['encode_gbs'] / r['twin_encode_gbs']:.1f}" if tw else "-",
+            f"{r['decode_add_gbs'] / r['twin_decode_add_gbs']:.1f}" if tw else "-",
+            ("yes" if r["twin_same_bytes"] else "NO") if tw else "-"])
+    widths = [max(len(h), *(len(str(l[i])) for l in lines)) if lines else len(h)
+              for i, h in enumerate(head)]
+    out = [f"# psgd bench codecs: d={d}, float32 input, median of {repeats} ({clock} clock); "
+           f"kernels: {'compiled' if compiled else 'NOT BUILT (twins)'}; "
+           f"np.copyto {copy:.2f} GB/s",
+           "# GB/s = 4 d bytes of float32 input / time; ratios are throughput ratios; "
+           "err = ||C(x)-x||^2/||x||^2 of this message"]
+    fmt = lambda cells: "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    out.append(fmt(head))
+    out += [fmt(l) for l in lines] + notes
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.dim < 1 or args.repeats < 1:
+        print("psgd bench codecs: error: --dim and --repeats must be >= 1", file=sys.stderr)
+        return 2
+    from . import kernels
+    from .errors import PsgdError
+    try:
+        settings = _settings(args.compressors, args.dim)
+    except PsgdError as exc:
+        print(f"psgd bench codecs: error: {exc}", file=sys.stderr)
+        return 2
+    x = np.random.default_rng(args.seed).standard_normal(args.dim).astype(np.float32)
+    copy = copy_gbs(x, max(args.repeats, 5), args.clock)
+    rows = []
+    for cfg in settings:
+        try:
+            row = measure(cfg, x, args.repeats, args.clock, not args.no_twins, args.seed)
+        except PsgdError as exc:
+            if args.compressors is not None:
+                print(f"psgd bench codecs: error: {exc}", file=sys.stderr)
+                return 2
+            row = {"compressor": cfg["name"], "params": {k: v for k, v in cfg.items() if k != "name"},
+                   "error": f"skipped: {exc}"}
+        except (ValueError, MemoryError) as exc:
+            row = {"compressor": cfg["name"], "params": {k: v for k, v in cfg.items() if k != "name"},
+                   "error": f"failed: {type(exc).__name__}: {exc}"}
+        rows.append(row)
+        print(f"# measured {cfg['name']} {_fmt_params(row['params'])}", file=sys.stderr, flush=True)
+    compiled = all(v for k, v in vars(kernels).items() if k.startswith("HAVE_CYTHON"))
+    print(table(rows, args.dim, copy, args.repeats, args.clock, compiled))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"dim": args.dim, "repeats": args.repeats, "clock": args.clock,
+                       "copy_gbs": copy, "compiled": compiled, "rows": rows}, fh, indent=1,
+                      default=float)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
