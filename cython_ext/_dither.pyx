@@ -67,10 +67,17 @@ cdef extern from *:
     /* avail = bytes readable from sym; the n codes lie inside them. */
     static void psgd_unpack(const uint8_t *sym, Py_ssize_t avail, Py_ssize_t n, int b, uint32_t *c) {
         uint64_t mask = ((uint64_t)1 << b) - 1;
-        Py_ssize_t k = 0;
-        for (; k < n && (k * b >> 3) + 8 <= avail; k++)       /* one 8-byte load per code */
-            c[k] = (uint32_t)((psgd_load_u64le(sym + (k * b >> 3)) >> (k * b & 7)) & mask);
-        for (; k < n; k++) {                                  /* the stream's last bytes */
+        Py_ssize_t k = 0, m;
+        /* codes 8g..8g+7 fill bytes b*g..b*g+b-1: one 8-byte load each at a fixed offset and
+           shift; only while every load stays inside the stream (the last ~8 bytes go below) */
+        int off[8], sh[8];
+        for (m = 0; m < 8; m++) { off[m] = (int)(m * b >> 3); sh[m] = (int)(m * b & 7); }
+        for (; k + 8 <= n && (k + 8) / 8 * b + 8 <= avail; k += 8) {
+            const uint8_t *g = sym + k / 8 * b;
+            for (m = 0; m < 8; m++)
+                c[k + m] = (uint32_t)((psgd_load_u64le(g + off[m]) >> sh[m]) & mask);
+        }
+        for (; k < n; k++) {
             Py_ssize_t byte = k * b >> 3;
             uint64_t w = 0;
             for (int i = 0; i < 5 && byte + i < avail; i++)
