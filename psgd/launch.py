@@ -39,6 +39,9 @@ class RunContext:
     compressor: object
     downlink: object
     downlink_is_identity: bool
+    #: a worker's model moves by downlink_scale * C(x - x_worker); 1/(1+omega) for an unbiased
+    #: C makes it a contraction, so the worker's copy converges to the server's model
+    downlink_scale: float
     consts: algorithms.Constants
     alg: algorithms.Algorithm
     x0: np.ndarray
@@ -95,9 +98,12 @@ def build_context(cfg: dict, n_workers: int) -> RunContext:
         raise ConfigError(f"run.worker_delay: worker index {bad[0]} does not exist; allowed: "
                           f"0..{n_workers - 1} ({n_workers} workers)")
     alg = algorithms.build(cfg, compressor, consts, ps.weights, tau)
+    exact_down = down_cfg["name"] == "identity" and down_cfg.get("dtype", "float64") == "float64"
+    down_scale = 1.0
+    if not exact_down and downlink.unbiased:
+        down_scale = 1.0 / (1.0 + downlink.omega(ps.d))
     return RunContext(cfg=cfg, ps=ps, n=n_workers, d=ps.d, compressor=compressor, downlink=downlink,
-                      downlink_is_identity=down_cfg["name"] == "identity" and
-                      down_cfg.get("dtype", "float64") == "float64",
+                      downlink_is_identity=exact_down, downlink_scale=down_scale,
                       consts=consts, alg=alg, x0=ps.initial_point(),
                       has_l1=cfg["problem"].get("l1", 0.0) > 0)
 

@@ -206,7 +206,7 @@ class Server:
             payload = self.ctx.downlink.encode(x, self.ctx.down_rng)
         else:
             payload, y = self.ctx.downlink.encode_decode(x - self.mirror[j], self.ctx.down_rng)
-            self.mirror[j] += y
+            self.mirror[j] += self.ctx.downlink_scale * y
         t1 = time.perf_counter()
         self.timers["encode"] += t1 - t0
         n = wire.pack_into(self.send_bufs[j], wire.MODEL, j, self.state.step, self.seq_out[j], payload)

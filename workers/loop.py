@@ -86,7 +86,7 @@ class Worker:
         if self.ctx.downlink_is_identity:
             self.x = down.decode(payload, d=self.d)
         else:
-            down.decode_add(payload, self.x)
+            down.decode_add(payload, self.x, self.ctx.downlink_scale)
 
     # -- checkpoints -----------------------------------------------------------------
 
