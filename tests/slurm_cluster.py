@@ -21,6 +21,7 @@ Facts this relies on are in shared/notes/slurm-ci.md (Slurm 22.05, munge 0.5, no
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -161,6 +162,9 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# Look at pending jobs every few seconds (defaults 60 s / 30 s): a requeued job becomes eligible
+# when its hold expires, which no event announces.
+SchedulerParameters=sched_interval=2,bf_interval=2
 SwitchType=switch/none
 MailProg=/bin/true
 MpiDefault=pmi2
@@ -174,6 +178,10 @@ KillWait={kill_wait}
 # 8 s (its interval grows 2 -> 8 -> 32 s while below MinJobAge/2).  MinJobAge=0 does not keep
 # records here (22.05 purged them ~5 s after completion).
 MinJobAge=16
+# A fresh job-id range per cluster: MPICH under srun names its shared-memory segment
+# (/dev/shm/mpich_shm_*) after the job step, and a segment left behind by a killed run of a
+# previous test cluster's job with the same id makes MPI_Init spin forever.
+FirstJobId={first_job_id}
 InactiveLimit=0
 NodeName={node} NodeHostname=localhost NodeAddr=127.0.0.1 CPUs={cpus} Boards=1 SocketsPerBoard=1 CoresPerSocket={cpus} ThreadsPerCore=1 RealMemory=1000 State=UNKNOWN
 PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
@@ -184,11 +192,13 @@ class SlurmCluster:
     """A single-node SLURM (slurmctld + slurmd on localhost) living in a temp dir."""
 
     def __init__(self, cpus: int = 8, workdir: str | os.PathLike | None = None,
-                 kill_wait: int = 10, cred_expire: int = 15, extra_path: list[str] | None = None,
+                 kill_wait: int = 10, cred_expire: int = 15, first_job_id: int | None = None,
+                 extra_path: list[str] | None = None,
                  keep_dir: bool = False):
         self.cpus = cpus
         self.kill_wait = kill_wait
         self.cred_expire = cred_expire
+        self.first_job_id = first_job_id or random.randint(10_000, 60_000_000)
         self._own_dir = workdir is None
         self.dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="psgd-slurm-"))
         self.keep_dir = keep_dir
@@ -228,7 +238,8 @@ class SlurmCluster:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.conf.write_text(SLURM_CONF_TEMPLATE.format(
             d=self.dir, ctld_port=_free_port(), slurmd_port=_free_port(), node=NODE,
-            cpus=self.cpus, kill_wait=self.kill_wait, cred_expire=self.cred_expire))
+            cpus=self.cpus, kill_wait=self.kill_wait, cred_expire=self.cred_expire,
+            first_job_id=self.first_job_id))
         t1 = time.monotonic()
         self._start_munge(timeout=15)
         devnull = subprocess.DEVNULL
