@@ -117,3 +117,22 @@ def use_twins():
         yield
     finally:
         g.update(saved)
+
+# -- Elias-omega random dithering (psgd._elias; twins in kernels_ref) --
+from .kernels_ref import ERR_RANGE, ERR_STREAM, elias_max_nbytes, omega_length  # noqa: E402,F401
+
+try:
+    from . import _elias as _impl_el
+    HAVE_CYTHON_ELIAS = True
+except ImportError as exc:
+    warnings.warn(f"psgd: compiled kernels psgd._elias are not available ({exc}); "
+                  "falling back to the slower NumPy twins in psgd.kernels_ref",
+                  RuntimeWarning, stacklevel=2)
+    _impl_el = kernels_ref
+    HAVE_CYTHON_ELIAS = False
+
+#: the Elias-omega random-dithering kernels
+KERNELS_ELIAS = ("elias_encode", "elias_decode_add")
+
+elias_encode = _impl_el.elias_encode
+elias_decode_add = _impl_el.elias_decode_add

@@ -1,0 +1,382 @@
+# cython: language_level=3
+"""Elias-omega coded random dithering (QSGD's scheme): quantize+code and validate+decode+add.
+
+The levels are exactly those of the dense random-dithering kernels (psgd._dither: the
+same SplitMix64 uniforms and rounding), so both encodings of one seed decode to the
+same vector. The wire layout, the Elias-omega code, the bit order and the error codes
+are defined by the NumPy twins in ``psgd/kernels_ref.py`` ("Elias-omega random
+dithering"). Every read of the decoder's bit reader is checked against the end of the
+buffer first: a truncated or corrupted message returns an error code, it never reads
+out of bounds.
+"""
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.string cimport memset
+
+import numpy as np
+
+cdef extern from *:
+    """
+    #include <string.h>
+    #include <math.h>
+    #define PSGD_GAMMA 0x9E3779B97F4A7C15ULL
+    static inline __attribute__((always_inline)) double psgd_e_u01(uint64_t z) {
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        return (double)(int64_t)(z >> 11) * 0x1.0p-53;
+    }
+    static inline void psgd_e_store_f32le(uint8_t *p, float f) {
+        uint32_t u; memcpy(&u, &f, 4);
+        p[0] = (uint8_t)u; p[1] = (uint8_t)(u >> 8); p[2] = (uint8_t)(u >> 16); p[3] = (uint8_t)(u >> 24);
+    }
+    static inline uint32_t psgd_e_load_u32le(const uint8_t *p) {
+        return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+    }
+    static inline float psgd_e_u32_as_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+    /* The random-dithering level code (level << 1 | sign) of n coordinates of one block with
+       scale t > 0, exactly as psgd._dither computes it; z = seed + j0 * GAMMA. */
+    #define PSGD_E_BODY(SFX, T)                                                               \
+    static inline __attribute__((always_inline)) void psgd_e_codes_body_##SFX(                \
+            const T *x, Py_ssize_t n, double t, uint32_t levels, uint64_t z, uint32_t *code) {\
+        double s = (double)levels;                                                            \
+        for (Py_ssize_t k = 0; k < n; k++) {                                                  \
+            double xv = (double)x[k];                                                         \
+            double y = fabs(xv) / t * s;                                                      \
+            int in = y < s;                                                                   \
+            double yc = in ? y : 0.0;                                                         \
+            double low = (double)(int32_t)yc;                                                 \
+            uint32_t lev = in ? (uint32_t)low + (psgd_e_u01(z + (uint64_t)(k + 1) * PSGD_GAMMA)\
+                                                 < yc - low) : levels;                        \
+            code[k] = (lev << 1) | (uint32_t)((xv < 0) & (lev != 0));                         \
+        }                                                                                     \
+    }
+    PSGD_E_BODY(f32, float)
+    PSGD_E_BODY(f64, double)
+    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+    #define PSGD_E_HAVE_V4 1
+    #define PSGD_E_V4 __attribute__((target("arch=x86-64-v4")))
+    #else
+    #define PSGD_E_HAVE_V4 0
+    #define PSGD_E_V4
+    #endif
+    static int psgd_e_use_v4 = 0;
+    static int psgd_e_cpu_has_v4(void) {
+    #if PSGD_E_HAVE_V4
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("x86-64-v4") != 0;
+    #else
+        return 0;
+    #endif
+    }
+    #define PSGD_E_DISPATCH(SFX, T)                                                           \
+    static void psgd_e_codes_base_##SFX(const T *x, Py_ssize_t n, double t, uint32_t s,       \
+            uint64_t z, uint32_t *c) { psgd_e_codes_body_##SFX(x, n, t, s, z, c); }           \
+    PSGD_E_V4 static void psgd_e_codes_v4_##SFX(const T *x, Py_ssize_t n, double t, uint32_t s,\
+            uint64_t z, uint32_t *c) { psgd_e_codes_body_##SFX(x, n, t, s, z, c); }           \
+    static inline void psgd_e_codes_##SFX(const T *x, Py_ssize_t n, double t, uint32_t s,     \
+                                          uint64_t z, uint32_t *c) {                          \
+        if (PSGD_E_HAVE_V4 && psgd_e_use_v4) psgd_e_codes_v4_##SFX(x, n, t, s, z, c);         \
+        else psgd_e_codes_base_##SFX(x, n, t, s, z, c);                                       \
+    }
+    PSGD_E_DISPATCH(f32, float)
+    PSGD_E_DISPATCH(f64, double)
+
+    /* ---- MSB-first bit writer (bit k of the stream is bit 7 - k % 8 of byte k / 8) */
+    typedef struct { uint8_t *out; Py_ssize_t p; uint64_t acc; int nbits; } psgd_bw;
+    static inline void psgd_bw_put(psgd_bw *w, uint64_t v, int len) {     /* len <= 40 */
+        w->acc = (w->acc << len) | v;
+        w->nbits += len;
+        while (w->nbits >= 8) {
+            w->nbits -= 8;
+            w->out[w->p++] = (uint8_t)(w->acc >> w->nbits);
+        }
+    }
+    static inline int psgd_bitlen64(uint64_t v) { return v ? 64 - __builtin_clzll(v) : 0; }
+    /* Elias omega of n >= 1: the groups bin(n), bin(len - 1), ... written outermost first,
+       then a 0 bit. */
+    static inline void psgd_bw_omega(psgd_bw *w, uint64_t n) {
+        uint64_t val[8]; int len[8], k = 0;
+        while (n > 1) { int l = psgd_bitlen64(n); val[k] = n; len[k] = l; k++; n = (uint64_t)(l - 1); }
+        while (k > 0) { k--; psgd_bw_put(w, val[k], len[k]); }
+        psgd_bw_put(w, 0, 1);
+    }
+    static inline int psgd_omega_len(uint64_t n) {
+        int total = 1;
+        while (n > 1) { int l = psgd_bitlen64(n); total += l; n = (uint64_t)(l - 1); }
+        return total;
+    }
+
+    /* ---- checked MSB-first bit reader over nbits bits */
+    typedef struct { const uint8_t *buf; uint64_t pos, end; } psgd_br;
+    static inline uint64_t psgd_br_read(psgd_br *r, int len) {   /* caller checked pos+len <= end */
+        uint64_t v = 0;
+        while (len > 0) {
+            uint64_t byte = r->buf[r->pos >> 3];
+            int off = (int)(r->pos & 7), take = 8 - off;
+            if (take > len) take = len;
+            v = (v << take) | ((byte >> (8 - off - take)) & ((1u << take) - 1));
+            r->pos += take;
+            len -= take;
+        }
+        return v;
+    }
+    /* Elias omega decode: 0 ok (value in *out), 1 truncated, 2 too large (a group > 34 bits) */
+    static inline int psgd_br_omega(psgd_br *r, uint64_t *out) {
+        uint64_t n = 1;
+        for (;;) {
+            if (r->pos >= r->end) return 1;
+            if (!((r->buf[r->pos >> 3] >> (7 - (r->pos & 7))) & 1)) { r->pos++; *out = n; return 0; }
+            if (n + 1 > 34) return 2;
+            if (r->pos + n + 1 > r->end) return 1;
+            n = psgd_br_read(r, (int)(n + 1));
+        }
+    }
+    """
+    const uint64_t GAMMA "PSGD_GAMMA"
+    const int HAVE_V4 "PSGD_E_HAVE_V4"
+    int psgd_e_use_v4
+    int psgd_e_cpu_has_v4() noexcept nogil
+    void psgd_e_store_f32le(uint8_t *p, float f) noexcept nogil
+    uint32_t psgd_e_load_u32le(const uint8_t *p) noexcept nogil
+    float psgd_e_u32_as_f32(uint32_t u) noexcept nogil
+    void psgd_e_codes_f32(const float *x, Py_ssize_t n, double t, uint32_t s, uint64_t z,
+                          uint32_t *code) noexcept nogil
+    void psgd_e_codes_f64(const double *x, Py_ssize_t n, double t, uint32_t s, uint64_t z,
+                          uint32_t *code) noexcept nogil
+    ctypedef struct psgd_bw:
+        uint8_t *out
+        Py_ssize_t p
+        uint64_t acc
+        int nbits
+    void psgd_bw_put(psgd_bw *w, uint64_t v, int len) noexcept nogil
+    void psgd_bw_omega(psgd_bw *w, uint64_t n) noexcept nogil
+    int psgd_omega_len(uint64_t n) noexcept nogil
+    ctypedef struct psgd_br:
+        const uint8_t *buf
+        uint64_t pos
+        uint64_t end
+    int psgd_br_omega(psgd_br *r, uint64_t *out) noexcept nogil
+
+psgd_e_use_v4 = psgd_e_cpu_has_v4()
+
+
+def _isa_variants():
+    """The quantizer builds this CPU can run, e.g. ['baseline', 'x86-64-v4'] (for tests)."""
+    return ["baseline"] + (["x86-64-v4"] if psgd_e_cpu_has_v4() else [])
+
+
+def _use_isa(name):
+    """Select a quantizer build from :func:`_isa_variants` (tests compare each with the twin)."""
+    global psgd_e_use_v4
+    if name not in _isa_variants():
+        raise ValueError(f"ISA variant {name!r} is not available; have {_isa_variants()}")
+    psgd_e_use_v4 = name == "x86-64-v4"
+
+
+# Must equal the constants of psgd/kernels_ref.py (tests check).
+cdef enum:
+    CHUNK = 2048
+    C_ERR_OK = 0
+    C_ERR_SCALE = 1
+    C_ERR_PADDING = 5
+    C_ERR_ZERO_BLOCK = 6
+    C_ERR_TRAILING = 14
+    C_ERR_STREAM = 18
+    C_ERR_RANGE = 19
+ERR_STREAM, ERR_RANGE = C_ERR_STREAM, C_ERR_RANGE
+MAX_LEVELS = 2**31 - 1
+
+ctypedef fused real_in:
+    float
+    double
+
+ctypedef fused real_out:
+    float
+    double
+
+
+cdef inline Py_ssize_t _nblocks(Py_ssize_t d, Py_ssize_t bs) noexcept nogil:
+    return (d + bs - 1) // bs
+
+
+cdef _check(Py_ssize_t d, Py_ssize_t block_size, Py_ssize_t levels):
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if not 1 <= levels <= MAX_LEVELS:
+        raise ValueError(f"levels must be in [1, {MAX_LEVELS}], got {levels}")
+    if not 0 <= d <= 2**32 - 1:
+        raise ValueError(f"d must be in [0, 2**32 - 1], got {d}")
+
+
+def omega_length(uint64_t n):
+    """Bits of the Elias-omega code of n >= 1."""
+    if n < 1:
+        raise ValueError("Elias omega codes n >= 1")
+    return psgd_omega_len(n)
+
+
+def elias_max_nbytes(Py_ssize_t d, Py_ssize_t block_size, Py_ssize_t levels):
+    """Upper bound on the payload: 4 nblocks + ceil((d (4 + omega(s)) + omega(d + 1)) / 8)."""
+    _check(d, block_size, levels)
+    return 4 * _nblocks(d, block_size) + (d * (4 + psgd_omega_len(levels))
+                                          + psgd_omega_len(d + 1) + 7) // 8
+
+
+def elias_encode(const real_in[::1] x, const float[::1] scales, Py_ssize_t block_size,
+                 Py_ssize_t levels, uint64_t seed, uint8_t[::1] out):
+    """Quantize x (dense random-dithering levels) and write the Elias-omega payload into out
+    (at least elias_max_nbytes bytes); return the payload length."""
+    cdef Py_ssize_t d = x.shape[0]
+    _check(d, block_size, levels)
+    cdef Py_ssize_t nb = _nblocks(d, block_size), i
+    if scales.shape[0] != nb or out.shape[0] < elias_max_nbytes(d, block_size, levels):
+        raise ValueError("elias_encode: scales or out has the wrong length")
+    for i in range(nb):
+        if not (0.0 <= scales[i] <= 3.4028234663852886e38):
+            raise ValueError("elias_encode: scales must be finite and >= 0")
+    cdef uint32_t code[CHUNK]
+    cdef Py_ssize_t blk, j = 0, end, m, k, nnz = 0, prev = -1
+    cdef double t
+    cdef psgd_bw w
+    cdef uint32_t c
+    with nogil:
+        for i in range(nb):
+            psgd_e_store_f32le(&out[4 * i], scales[i] + <float>0.0)
+        # pass 1: count the nonzeros (the count code comes first)
+        for blk in range(nb):
+            end = j + block_size if d - j > block_size else d
+            t = <double>scales[blk]
+            while j < end:
+                m = CHUNK if end - j > CHUNK else end - j
+                if t != 0.0:
+                    if real_in is float:
+                        psgd_e_codes_f32(&x[j], m, t, <uint32_t>levels, seed + <uint64_t>j * GAMMA, code)
+                    else:
+                        psgd_e_codes_f64(&x[j], m, t, <uint32_t>levels, seed + <uint64_t>j * GAMMA, code)
+                    for k in range(m):
+                        nnz += code[k] != 0
+                j += m
+        w.out = &out[4 * nb]
+        w.p = 0
+        w.acc = 0
+        w.nbits = 0
+        psgd_bw_omega(&w, <uint64_t>nnz + 1)
+        # pass 2: the same codes again (counter-based: recomputing is cheaper than storing)
+        j = 0
+        for blk in range(nb):
+            end = j + block_size if d - j > block_size else d
+            t = <double>scales[blk]
+            while j < end:
+                m = CHUNK if end - j > CHUNK else end - j
+                if t != 0.0:
+                    if real_in is float:
+                        psgd_e_codes_f32(&x[j], m, t, <uint32_t>levels, seed + <uint64_t>j * GAMMA, code)
+                    else:
+                        psgd_e_codes_f64(&x[j], m, t, <uint32_t>levels, seed + <uint64_t>j * GAMMA, code)
+                    for k in range(m):
+                        c = code[k]
+                        if c:
+                            psgd_bw_omega(&w, <uint64_t>(j + k - prev))
+                            psgd_bw_put(&w, c & 1, 1)
+                            psgd_bw_omega(&w, c >> 1)
+                            prev = j + k
+                j += m
+        if w.nbits:
+            psgd_bw_put(&w, 0, 8 - w.nbits)          # zero padding to a whole byte
+    return 4 * nb + w.p
+
+
+def elias_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_size,
+                     Py_ssize_t levels, real_out[::1] out, double weight):
+    """Validate the whole payload; if valid, out += weight * decoded. Returns (code, where)."""
+    _check(d, block_size, levels)
+    cdef Py_ssize_t nb = _nblocks(d, block_size), n = payload.shape[0], i, e
+    if out.shape[0] != d:
+        raise ValueError("elias_decode_add: out has the wrong length")
+    if n < 4 * nb:
+        return C_ERR_STREAM, 0
+    scales_arr = np.empty(max(nb, 1), dtype=np.float32)
+    cdef float[::1] scales = scales_arr
+    cdef uint32_t u
+    for i in range(nb):
+        u = psgd_e_load_u32le(&payload[4 * i])
+        if (u >> 31) or ((u >> 23) & 0xFF) == 0xFF:
+            return C_ERR_SCALE, i
+        scales[i] = psgd_e_u32_as_f32(u)
+    cdef psgd_br r
+    r.buf = &payload[4 * nb] if n > 4 * nb else NULL
+    r.pos = 0
+    r.end = 8 * <uint64_t>(n - 4 * nb)
+    cdef uint64_t v, start, cnt
+    cdef int st
+    st = psgd_br_omega(&r, &cnt)
+    if st:
+        return (C_ERR_STREAM if st == 1 else C_ERR_RANGE), 0
+    if cnt > <uint64_t>d + 1:
+        return C_ERR_RANGE, 0
+    cdef Py_ssize_t nnz = <Py_ssize_t>(cnt - 1)
+    # every triple takes >= 3 bits: a count beyond what is left is cut short at once
+    cdef Py_ssize_t cap = nnz if <uint64_t>nnz <= (r.end - r.pos) // 3 else <Py_ssize_t>((r.end - r.pos) // 3 + 1)
+    idx_arr = np.empty(max(cap, 1), dtype=np.int64)
+    lev_arr = np.empty(max(cap, 1), dtype=np.int64)
+    cdef int64_t[::1] idx = idx_arr
+    cdef int64_t[::1] lev = lev_arr
+    cdef int64_t prev = -1
+    cdef int code = C_ERR_OK
+    cdef Py_ssize_t where = -1
+    cdef uint64_t g, sgn
+    with nogil:
+        for e in range(nnz):
+            start = r.pos
+            st = psgd_br_omega(&r, &g)
+            if st:
+                code = C_ERR_STREAM if st == 1 else C_ERR_RANGE
+                where = <Py_ssize_t>start
+                break
+            if g > <uint64_t>(d - 1 - prev):           # index prev + g must be < d
+                code = C_ERR_RANGE
+                where = <Py_ssize_t>start
+                break
+            if r.pos >= r.end:
+                code = C_ERR_STREAM
+                where = <Py_ssize_t>r.pos
+                break
+            sgn = (r.buf[r.pos >> 3] >> (7 - (r.pos & 7))) & 1
+            r.pos += 1
+            start = r.pos
+            st = psgd_br_omega(&r, &v)
+            if st:
+                code = C_ERR_STREAM if st == 1 else C_ERR_RANGE
+                where = <Py_ssize_t>start
+                break
+            if v > <uint64_t>levels:
+                code = C_ERR_RANGE
+                where = <Py_ssize_t>start
+                break
+            prev += <int64_t>g
+            if scales[prev // block_size] == 0.0:      # encode sends no nonzero there
+                code = C_ERR_ZERO_BLOCK
+                where = <Py_ssize_t>prev
+                break
+            idx[e] = prev
+            lev[e] = -<int64_t>v if sgn else <int64_t>v
+        if code == C_ERR_OK:
+            if (r.end - r.pos) >= 8:
+                code = C_ERR_TRAILING
+                where = <Py_ssize_t>((r.pos + 7) >> 3)
+            elif r.pos < r.end and (r.buf[r.pos >> 3] & ((1u << (r.end - r.pos)) - 1)):
+                code = C_ERR_PADDING
+                where = <Py_ssize_t>(r.pos >> 3)
+    if code != C_ERR_OK:
+        return code, where
+    cdef double s = <double>levels, tv
+    cdef int64_t lv
+    with nogil:
+        for e in range(nnz):
+            lv = lev[e]
+            tv = <double>scales[idx[e] // block_size] * <double>(lv if lv > 0 else -lv) / s
+            if lv < 0:
+                tv = -tv
+            out[idx[e]] = out[idx[e]] + <real_out>(weight * tv)
+    return C_ERR_OK, -1
