@@ -17,7 +17,8 @@ could not have produced.
 
 Subclasses implement ``_encode``, ``_decode_add`` and ``_max_payload_nbytes``
 (and ``_payload_nbytes`` when the code has a fixed length), plus ``omega``
-(unbiased) or ``delta`` (biased).
+(unbiased) or ``delta`` (biased). A fixed-length code may also define
+``_encode_into(x, rng, key, out)`` to write its payload in place.
 """
 
 from __future__ import annotations
@@ -64,10 +65,16 @@ class Compressor(ABC):
     def encode(self, x, rng: np.random.Generator, *, key: int | None = None) -> np.ndarray:
         """Compress ``x`` into the exact bytes that go on the wire (a uint8 array)."""
         x = self._as_input(x)
-        payload = np.frombuffer(self._encode(x, rng, key), dtype=np.uint8)
-        out = np.empty(HEADER_NBYTES + payload.size, dtype=np.uint8)
+        fixed = self._payload_nbytes(x.size)
+        if fixed is not None and hasattr(self, "_encode_into"):
+            # fixed-length codes write straight behind the header: no payload copy
+            out = np.empty(HEADER_NBYTES + fixed, dtype=np.uint8)
+            self._encode_into(x, rng, key, out[HEADER_NBYTES:])
+        else:
+            payload = np.frombuffer(self._encode(x, rng, key), dtype=np.uint8)
+            out = np.empty(HEADER_NBYTES + payload.size, dtype=np.uint8)
+            out[HEADER_NBYTES:] = payload
         _HEADER.pack_into(out, 0, CODEC_MAGIC, CODEC_VERSION, self.codec_id, 0, x.size)
-        out[HEADER_NBYTES:] = payload
         return out
 
     def decode(self, buf, *, key: int | None = None, d: int | None = None,

@@ -87,7 +87,12 @@ class RandomDithering(Compressor):
         bs = resolve_block_size(self.block_size, d)
         return 4 * kernels.nblocks(d, bs) + kernels.symbols_nbytes(d, self.levels)
 
-    def _encode_dense(self, x, rng):
+    def _encode_into(self, x, rng, key, out):
+        if self.encoding == "elias":
+            raise TypeError("elias has no fixed length")  # never called: base checks the length
+        self._encode_dense(x, rng, out)
+
+    def _encode_dense(self, x, rng, payload=None):
         d = x.size
         bs = resolve_block_size(self.block_size, d)
         scales = kernels.block_scales(x, bs, _NORM_CODES[self.norm])
@@ -96,7 +101,8 @@ class RandomDithering(Compressor):
                              "overflows float32")
         # One seed per message; the kernel derives every coordinate's uniform from it.
         seed = int(rng.integers(0, 2**64, dtype=np.uint64))
-        payload = np.empty(self._dense_nbytes(d), dtype=np.uint8)
+        if payload is None:
+            payload = np.empty(self._dense_nbytes(d), dtype=np.uint8)
         kernels.dither_encode(x, scales, bs, self.levels, seed, payload)
         return payload
 
