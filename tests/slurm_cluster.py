@@ -37,7 +37,6 @@ BINARIES = ["slurmctld", "slurmd", "sbatch", "srun", "scontrol", "sinfo", "squeu
             "scancel", "munged", "munge", "unmunge"]
 SBIN_DIRS = ["/usr/sbin", "/sbin", "/usr/local/sbin"]
 NODE = "localhost"
-MUNGE_PIDFILE = Path("/run/munge/munged.pid")
 
 
 class SlurmUnavailable(RuntimeError):
@@ -146,9 +145,10 @@ SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 AuthType=auth/munge
 CredType=cred/munge
-# cred_expire is also how long a requeued job is held (BeginTime) before it may start again:
-# 120 s by default; releasing it earlier by hand fails with "Job credential revoked".
-AuthInfo=cred_expire={cred_expire}
+# socket: our private munged.  cred_expire is also how long a requeued job is held
+# (BeginTime) before it may start again: 120 s by default; releasing it earlier by hand fails
+# with "Job credential revoked".
+AuthInfo=socket={d}/munge/munge.socket,cred_expire={cred_expire}
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
 SlurmctldPidFile={d}/slurmctld.pid
@@ -205,7 +205,8 @@ class SlurmCluster:
         self.conf = self.dir / "slurm.conf"
         self.ctld: subprocess.Popen | None = None
         self.slurmd: subprocess.Popen | None = None
-        self.munged_pid: int | None = None   # set only if we started munged
+        self.munged: subprocess.Popen | None = None
+        self.munge_socket = self.dir / "munge" / "munge.socket"
         self.timings: dict[str, float] = {}
         # Jobs run with the submitting environment (sbatch --export=ALL is the default):
         # put this Python's bin dir first, so jobs use the psgd installed next to it.
@@ -258,7 +259,7 @@ class SlurmCluster:
         self.timings["bringup"] = time.monotonic() - t1
 
     def stop(self, timeout: float = 30) -> None:
-        """Cancel every job, shut the daemons down, stop munged if we started it."""
+        """Cancel every job, shut the daemons down, stop our munged."""
         t0 = time.monotonic()
         if self.ctld is not None and self.ctld.poll() is None:
             self.run(["scancel", "--user", str(os.getuid())], timeout=10)
@@ -286,54 +287,67 @@ class SlurmCluster:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # ---------------------------------------------------------------- munge
+    # A private munged (own key, socket, pid and log files under the temp dir), so that
+    # clusters never share, or stop, each other's munged, and /etc/munge is not needed.
     def _munge_ok(self) -> bool:
+        sock = ["--socket", str(self.munge_socket)]
         try:
-            cred = subprocess.run([_which("munge"), "-n"], capture_output=True, timeout=5)
+            cred = subprocess.run([_which("munge"), *sock, "-n"], capture_output=True, timeout=5)
             if cred.returncode != 0:
                 return False
-            r = subprocess.run([_which("unmunge")], input=cred.stdout, capture_output=True,
-                               timeout=5)
+            r = subprocess.run([_which("unmunge"), *sock], input=cred.stdout,
+                               capture_output=True, timeout=5)
             return r.returncode == 0
         except (subprocess.TimeoutExpired, OSError):
             return False
 
     def _start_munge(self, timeout: float) -> None:
-        if self._munge_ok():
-            return  # a munged is already running (system's or another cluster's): share it
-        key = Path("/etc/munge/munge.key")
-        if not key.exists():
-            r = _run([_which("mungekey") or "mungekey", "--create"], timeout=30)
-            if r.returncode != 0:
-                raise SlurmUnavailable(f"no {key} and 'mungekey --create' failed: {r.stderr.strip()}")
-            _run(["chown", "munge:munge", str(key)], timeout=10)
-            key.chmod(0o400)
-        for d in ("/run/munge", "/var/lib/munge", "/var/log/munge"):
-            _run(["install", "-d", "-o", "munge", "-g", "munge", "-m", "0755", d], timeout=10)
-        r = _run(["runuser", "-u", "munge", "--", _which("munged")], timeout=15)
-        if r.returncode != 0 and "already running" not in (r.stderr or ""):
-            raise SlurmUnavailable(f"munged failed to start (rc={r.returncode}): {r.stderr.strip()}")
-        if not self._wait_for(self._munge_ok, timeout=timeout, what="munged", raise_=False):
-            raise SlurmUnavailable(f"munged started but issued no credential within {timeout}s "
-                                   "(munge -n | unmunge)")
+        import grp
+        import pwd
         try:
-            self.munged_pid = int(MUNGE_PIDFILE.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            self.munged_pid = None
+            uid, gid = pwd.getpwnam("munge").pw_uid, grp.getgrnam("munge").gr_gid
+        except KeyError:
+            raise SlurmUnavailable("no 'munge' user/group (the munge package creates them)") from None
+        d = self.dir / "munge"
+        d.mkdir(exist_ok=True)
+        d.chmod(0o755)     # munged: the socket directory must be searchable by all
+        os.chown(d, uid, gid)
+        self.dir.chmod(0o755)  # munged (user munge) must reach its directory
+        key = d / "munge.key"
+        if not key.exists():
+            r = _run([_which("mungekey") or "mungekey", "--create", "--keyfile", str(key)],
+                     timeout=30)
+            if r.returncode != 0:
+                raise SlurmUnavailable(f"'mungekey --create' failed: {r.stderr.strip()}")
+            os.chown(key, uid, gid)
+            key.chmod(0o400)
+        log = open(d / "munged.out", "ab")
+        try:
+            self.munged = subprocess.Popen(
+                [_which("munged"), "--foreground", "--socket", str(self.munge_socket),
+                 "--key-file", str(key), "--pid-file", str(d / "munged.pid"),
+                 "--log-file", str(d / "munged.log"), "--seed-file", str(d / "munged.seed")],
+                user=uid, group=gid, extra_groups=[], stdin=subprocess.DEVNULL, stdout=log,
+                stderr=log, start_new_session=True)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while not self._munge_ok():
+            if self.munged.poll() is not None or time.monotonic() > deadline:
+                tail = " | ".join((d / "munged.out").read_text(errors="replace").splitlines()[-3:])
+                raise SlurmUnavailable(f"munged did not come up (rc={self.munged.poll()}): {tail}")
+            time.sleep(0.1)
 
     def _stop_munge(self) -> None:
-        pid, self.munged_pid = self.munged_pid, None
-        if pid is None:
+        proc, self.munged = self.munged, None
+        if proc is None or proc.poll() is not None:
             return
+        proc.terminate()
         try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        if not _wait_pid_gone(pid, 10):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            _wait_pid_gone(pid, 5)
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
     # ---------------------------------------------------------------- helpers
     def _wait_for(self, pred, timeout: float, what: str, interval: float = 0.25,
@@ -466,7 +480,7 @@ class SlurmCluster:
 
 if __name__ == "__main__":  # manual smoke test: python tests/slurm_cluster.py [script.sbatch]
     t = time.monotonic()
-    with SlurmCluster(keep_dir=True) as c:
+    with SlurmCluster(keep_dir=bool(os.environ.get("KEEP"))) as c:
         print("cluster dir", c.dir, "timings", c.timings)
         print(c.run(["sinfo"]).stdout)
         if len(sys.argv) > 1:
