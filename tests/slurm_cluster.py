@@ -263,9 +263,12 @@ class SlurmCluster:
         t0 = time.monotonic()
         if self.ctld is not None and self.ctld.poll() is None:
             self.run(["scancel", "--user", str(os.getuid())], timeout=10)
-            self._wait_for(lambda: not self.run(["squeue", "-h", "-o", "%i"],
-                                                timeout=5).stdout.strip(),
-                           timeout=self.kill_wait + 10, what="jobs to end", raise_=False)
+
+            def queue_empty():
+                r = self.run(["squeue", "-h", "-o", "%i"], timeout=5)
+                return r.returncode == 0 and not r.stdout.strip()
+            self._wait_for(queue_empty, timeout=self.kill_wait + 10, what="jobs to end",
+                           raise_=False)
             self.run(["scontrol", "shutdown"], timeout=10)
         for name in ("slurmd", "ctld"):
             proc = getattr(self, name)
@@ -281,10 +284,43 @@ class SlurmCluster:
                     proc.kill()
                     proc.wait(timeout=5)
             setattr(self, name, None)
+        self._kill_leftovers()
         self._stop_munge()
         self.timings["shutdown"] = time.monotonic() - t0
         if self._own_dir and not self.keep_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _job_processes(self) -> list[int]:
+        """Processes of this cluster's jobs (slurmstepd, batch scripts, srun, ranks): they
+        carry SLURM_CONF=<our slurm.conf> in their environment, inherited from us."""
+        tag = f"SLURM_CONF={self.conf}".encode()
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if tag in f.read().split(b"\0"):
+                        pids.append(int(entry))
+            except OSError:
+                continue
+        return pids
+
+    def _kill_leftovers(self, timeout: float = 10) -> None:
+        """SIGKILL whatever of our jobs survived the shutdown (e.g. ranks spinning in MPI_Init
+        whose slurmstepd lost its slurmd): nothing of this cluster may outlive it."""
+        pids = self._job_processes()
+        if not pids:
+            return
+        self.timings["leftovers_killed"] = len(pids)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + timeout
+        for pid in pids:
+            _wait_pid_gone(pid, max(0.1, deadline - time.monotonic()))
 
     # ---------------------------------------------------------------- munge
     # A private munged (own key, socket, pid and log files under the temp dir), so that
