@@ -130,8 +130,14 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False) -
     # The server turns SIGTERM/SIGUSR1 (SLURM's warning before the time limit) into
     # "checkpoint and stop"; workers must survive the signal until the server stops them.
     received = []
+
+    def on_stop_signal(signum, frame):
+        received.append(signum)
+        for sig in STOP_SIGNALS:  # one stop is enough; a second signal must not kill the exit
+            signal.signal(sig, signal.SIG_IGN)
+
     for sig in STOP_SIGNALS:
-        signal.signal(sig, lambda signum, frame: received.append(signum))
+        signal.signal(sig, on_stop_signal)
     try:
         cfg = config.load(path, overrides)
         if out is not None:

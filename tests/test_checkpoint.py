@@ -56,7 +56,19 @@ def summary(out):
     return json.loads((out / "summary.json").read_text())
 
 
-def test_sigkill_at_random_steps_then_resume_matches_uninterrupted(tmp_path):
+@pytest.fixture
+def clean_shm():
+    """SIGKILLed MPICH ranks leave their /dev/shm segments behind: remove the new ones."""
+    from pathlib import Path
+
+    shm = Path("/dev/shm")
+    before = set(shm.glob("mpich_shm_*")) if shm.is_dir() else set()
+    yield
+    for path in (set(shm.glob("mpich_shm_*")) if shm.is_dir() else set()) - before:
+        path.unlink(missing_ok=True)
+
+
+def test_sigkill_at_random_steps_then_resume_matches_uninterrupted(tmp_path, clean_shm):
     ref_out = tmp_path / "ref"
     code, _, err = finish(start(tmp_path, ref_out))
     assert code == 0, err
