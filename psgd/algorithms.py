@@ -242,7 +242,7 @@ class DQGD(Algorithm):
     @classmethod
     def resolve(cls, cfg, compressor, consts, weights, tau):
         a = cfg["algorithm"]
-        omega = compressor.omega(consts_d(consts))
+        omega = compressor.omega(consts.d)
         # DIANA paper Thm 10 in omega form (derived, papers.md B.2): 1/(L (1 + 2 omega/n)),
         # with 1/n generalised to sum_i w_i^2 for unequal shards.
         g = 1.0 / (consts.L * (1.0 + 2.0 * omega * _s2(weights)))
@@ -272,7 +272,7 @@ class DIANA(Algorithm):
     @classmethod
     def resolve(cls, cfg, compressor, consts, weights, tau):
         a = cfg["algorithm"]
-        omega = compressor.omega(consts_d(consts))
+        omega = compressor.omega(consts.d)
         alpha = 1.0 / (1.0 + omega) if a["alpha"] == "theory" else float(a["alpha"])
         # Gorbunov, Hanzely & Richtarik 2020 (papers.md B.3): alpha = 1/(1+omega),
         # gamma = 1/(L (1 + 6 omega / n)); 1/n generalised to sum_i w_i^2.
@@ -312,15 +312,7 @@ class EF21(Algorithm):
     @classmethod
     def resolve(cls, cfg, compressor, consts, weights, tau):
         a = cfg["algorithm"]
-        contraction, scale = _contraction(compressor, consts_d(consts))
-        # EF21 Theorem (proven, sync): gamma = 1/(L + L~ sqrt(beta/theta)),
-        # theta = 1 - sqrt(1 - a), beta = (1 - a)/(1 - sqrt(1 - a)), a = 1 - delta,
-        # L~ = sqrt(sum_i w_i L_i^2).
-        a_c = 1.0 - contraction
-        theta = 1.0 - math.sqrt(1.0 - a_c)
-        beta = (1.0 - a_c) / theta
-        l_tilde = math.sqrt(float(np.dot(weights, np.square(consts.L_i))))
-        g = 1.0 / (consts.L + l_tilde * math.sqrt(beta / theta))
+        g, scale = _ef21_step(compressor, consts, weights)
         rule = "1/(L + L~ sqrt(beta/theta)) (proven, sync)"
         if tau:
             g *= _async_factor(tau)
@@ -354,14 +346,10 @@ class EF(Algorithm):
     @classmethod
     def resolve(cls, cfg, compressor, consts, weights, tau):
         a = cfg["algorithm"]
-        contraction, scale = _contraction(compressor, consts_d(consts))
         # HEURISTIC: the EF21 step for the same contraction (the classic EF analyses
         # give steps of the same order but with loose constants).
-        a_c = 1.0 - contraction
-        theta = 1.0 - math.sqrt(1.0 - a_c)
-        beta = (1.0 - a_c) / theta
-        l_tilde = math.sqrt(float(np.dot(weights, np.square(consts.L_i))))
-        g = 1.0 / (consts.L + l_tilde * math.sqrt(beta / theta)) * _async_factor(tau)
+        g, scale = _ef21_step(compressor, consts, weights)
+        g *= _async_factor(tau)
         gamma, rule = _given_or(a, g, "EF21's step (heuristic for classic EF)")
         return Hyper(gamma=gamma, form="direct", message_scale=scale, rule=rule)
 
@@ -386,6 +374,20 @@ def _require_unbiased(cfg):
                           f"(use ef or ef21 with biased ones)")
 
 
+def _ef21_step(compressor, consts, weights):
+    """EF21's theorem step (proven, sync) and the message scale for ``compressor``.
+
+    gamma = 1/(L + L~ sqrt(beta/theta)) with a = 1 - delta, theta = 1 - sqrt(1 - a),
+    beta = (1 - a)/theta and L~ = sqrt(sum_i w_i L_i^2).
+    """
+    contraction, scale = _contraction(compressor, consts.d)
+    a = 1.0 - contraction
+    theta = 1.0 - math.sqrt(1.0 - a)
+    beta = (1.0 - a) / theta
+    l_tilde = math.sqrt(float(np.dot(weights, np.square(consts.L_i))))
+    return 1.0 / (consts.L + l_tilde * math.sqrt(beta / theta)), scale
+
+
 def _contraction(compressor, d):
     """(delta, scale): ||s C(x) - x||^2 <= delta ||x||^2 after scaling by s.
 
@@ -396,10 +398,6 @@ def _contraction(compressor, d):
         omega = compressor.omega(d)
         return omega / (1.0 + omega), 1.0 / (1.0 + omega)
     return compressor.delta(d), 1.0
-
-
-def consts_d(consts: Constants) -> int:
-    return consts.d
 
 
 def get_algorithm_class(name):
