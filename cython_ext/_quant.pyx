@@ -143,20 +143,90 @@ cdef extern from *:
     static inline __attribute__((always_inline)) void psgd_natd_body_##SFX(                   \
             const T *x, Py_ssize_t n, double t, uint32_t s, double p2, uint64_t z,            \
             uint32_t *code) {                                                                 \
+        /* all 64-bit and select-by-mask: with FP compares, ?: would block if-conversion     \
+           (-ftrapping-math) and with it vectorization */                                     \
+        const uint64_t s64 = s, M52 = 0xFFFFFFFFFFFFFULL;                                     \
         for (Py_ssize_t k = 0; k < n; k++) {                                                  \
             double xv = (double)x[k];                                                         \
             double y = fabs(xv) / t;                                                          \
             uint64_t u = psgd_f64_bits(y);                                                    \
-            int32_t e = (int32_t)(u >> 52) - 1023;       /* floor(log2 y) for normal y */     \
+            uint64_t E = u >> 52;                 /* y >= 0: floor(log2 y) = E - 1023 */      \
             uint64_t r = psgd_mix64(z + (uint64_t)(k + 1) * PSGD_GAMMA) >> 11;                \
-            uint32_t mid = (uint32_t)(e + (int32_t)s) + (r < ((u & 0xFFFFFFFFFFFFFULL) << 1));\
-            uint32_t low = (double)(int64_t)r * 0x1.0p-53 < y * p2;                           \
-            uint32_t lev = e >= 1 - (int32_t)s ? mid : low;                                   \
-            lev = y < 1.0 ? lev : s;                                                          \
-            code[k] = (lev << 1) | (uint32_t)((xv < 0) & (lev != 0));                         \
+            uint64_t mid = E - 1023 + s64 + (uint64_t)(r < ((u & M52) << 1));                 \
+            uint64_t low = (uint64_t)((double)(int64_t)r * 0x1.0p-53 < y * p2);               \
+            uint64_t m_hi = -(uint64_t)(E + s64 >= 1024);    /* y >= 2^(1-s) */               \
+            uint64_t m_in = -(uint64_t)(y < 1.0);                                             \
+            uint64_t lev = (((mid & m_hi) | (low & ~m_hi)) & m_in) | (s64 & ~m_in);           \
+            uint64_t neg = (uint64_t)(xv < 0);                                                \
+            code[k] = (uint32_t)((lev << 1) | (neg & (uint64_t)(lev != 0)));                  \
         }                                                                                     \
     }
     PSGD_NATD_BODY(f32, float)
+
+    /* ---- b-bit codes (b <= 32) of an LSB-first stream of nbytes bytes: code k is at bit
+       bit0 + k b. One unaligned little-endian 64-bit load per code (byte-wise at the end). */
+    static inline uint64_t psgd_load_u64le(const uint8_t *p) {
+        uint64_t w; memcpy(&w, p, 8);
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        w = __builtin_bswap64(w);
+    #endif
+        return w;
+    }
+    static void psgd_unpack(const uint8_t *s, Py_ssize_t nbytes, uint64_t bit0, int b,
+                            Py_ssize_t n, uint32_t *c) {
+        const uint64_t mask = (1ULL << b) - 1;   /* b <= 32 */
+        for (Py_ssize_t k = 0; k < n; k++) {
+            uint64_t pos = bit0 + (uint64_t)k * (uint64_t)b;
+            Py_ssize_t byte = (Py_ssize_t)(pos >> 3);
+            uint64_t w = 0;
+            if (byte + 8 <= nbytes) w = psgd_load_u64le(s + byte);
+            else for (Py_ssize_t q = 0; byte + q < nbytes; q++) w |= (uint64_t)s[byte + q] << (8 * q);
+            c[k] = (uint32_t)((w >> (pos & 7)) & mask);
+        }
+    }
+    /* ---- rounding: zig-zag codes of q = rint(x / res) for n coordinates; returns the OR of
+       the codes, or sets *bad if some |q| > 2^31 - 1 (or is NaN) */
+    #define PSGD_ROUND_BODY(SFX, T)                                                           \
+    static inline __attribute__((always_inline)) uint64_t psgd_round_body_##SFX(             \
+            const T *x, Py_ssize_t n, double res, uint32_t *code, int *bad) {                 \
+        uint64_t orv = 0, badv = 0;                                                           \
+        for (Py_ssize_t k = 0; k < n; k++) {                                                  \
+            double q = psgd_rint((double)x[k] / res);                                         \
+            /* |q| <= 2^31 - 1 compared on the bits of |q| (NaN above all): no FP compare,     \
+               so the loop if-converts and vectorizes */                                      \
+            uint64_t ok = (uint64_t)((psgd_f64_bits(q) & 0x7FFFFFFFFFFFFFFFULL)               \
+                                     <= 0x41DFFFFFFFC00000ULL);                               \
+            badv |= ok ^ 1;                                                                   \
+            int64_t qi = (int64_t)(ok ? q : 0.0);                                             \
+            uint64_t c = (uint64_t)((qi << 1) ^ (qi >> 63));                                  \
+            code[k] = (uint32_t)c;                                                            \
+            orv |= c;                                                                         \
+        }                                                                                     \
+        if (badv) *bad = 1;                                                                   \
+        return orv;                                                                           \
+    }
+    PSGD_ROUND_BODY(f32, float)
+    PSGD_ROUND_BODY(f64, double)
+
+    /* ---- decode-side accumulation of unpacked codes */
+    #define PSGD_ADD_BODIES(SFX, T)                                                           \
+    static inline __attribute__((always_inline)) void psgd_natd_add_body_##SFX(               \
+            const uint32_t *c, Py_ssize_t n, double t, const double *lut, double w, T *out) { \
+        for (Py_ssize_t k = 0; k < n; k++) {                                                  \
+            uint64_t u = psgd_f64_bits(t * lut[c[k] >> 1]) ^ ((uint64_t)(c[k] & 1) << 63);    \
+            double v; memcpy(&v, &u, 8);                                                      \
+            out[k] += (T)(w * v);                                                             \
+        }                                                                                     \
+    }                                                                                         \
+    static inline __attribute__((always_inline)) void psgd_round_add_body_##SFX(              \
+            const uint32_t *c, Py_ssize_t n, double res, double w, T *out) {                  \
+        for (Py_ssize_t k = 0; k < n; k++) {                                                  \
+            int64_t q = (int64_t)(c[k] >> 1) ^ -(int64_t)(c[k] & 1);                          \
+            out[k] += (T)(w * (res * (double)q));                                             \
+        }                                                                                     \
+    }
+    PSGD_ADD_BODIES(f32, float)
+    PSGD_ADD_BODIES(f64, double)
     PSGD_NATD_BODY(f64, double)
 
     #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
@@ -196,6 +266,36 @@ cdef extern from *:
     }
     PSGD_Q_DISPATCH(f32, float)
     PSGD_Q_DISPATCH(f64, double)
+    #define PSGD_Q_DISPATCH2(SFX, T)                                                          \
+    static uint64_t psgd_round_base_##SFX(const T *x, Py_ssize_t n, double r, uint32_t *c,    \
+                                          int *b) { return psgd_round_body_##SFX(x, n, r, c, b); } \
+    PSGD_Q_V4 static uint64_t psgd_round_v4_##SFX(const T *x, Py_ssize_t n, double r,         \
+            uint32_t *c, int *b) { return psgd_round_body_##SFX(x, n, r, c, b); }             \
+    static inline uint64_t psgd_round_##SFX(const T *x, Py_ssize_t n, double r, uint32_t *c,  \
+                                            int *b) {                                         \
+        return (PSGD_Q_HAVE_V4 && psgd_q_use_v4) ? psgd_round_v4_##SFX(x, n, r, c, b)         \
+                                                 : psgd_round_base_##SFX(x, n, r, c, b);      \
+    }                                                                                         \
+    static void psgd_natd_add_base_##SFX(const uint32_t *c, Py_ssize_t n, double t,           \
+            const double *l, double w, T *o) { psgd_natd_add_body_##SFX(c, n, t, l, w, o); }  \
+    PSGD_Q_V4 static void psgd_natd_add_v4_##SFX(const uint32_t *c, Py_ssize_t n, double t,   \
+            const double *l, double w, T *o) { psgd_natd_add_body_##SFX(c, n, t, l, w, o); }  \
+    static inline void psgd_natd_add_##SFX(const uint32_t *c, Py_ssize_t n, double t,         \
+                                           const double *l, double w, T *o) {                 \
+        if (PSGD_Q_HAVE_V4 && psgd_q_use_v4) psgd_natd_add_v4_##SFX(c, n, t, l, w, o);        \
+        else psgd_natd_add_base_##SFX(c, n, t, l, w, o);                                      \
+    }                                                                                         \
+    static void psgd_round_add_base_##SFX(const uint32_t *c, Py_ssize_t n, double r, double w,\
+            T *o) { psgd_round_add_body_##SFX(c, n, r, w, o); }                               \
+    PSGD_Q_V4 static void psgd_round_add_v4_##SFX(const uint32_t *c, Py_ssize_t n, double r,  \
+            double w, T *o) { psgd_round_add_body_##SFX(c, n, r, w, o); }                     \
+    static inline void psgd_round_add_##SFX(const uint32_t *c, Py_ssize_t n, double r,        \
+                                            double w, T *o) {                                 \
+        if (PSGD_Q_HAVE_V4 && psgd_q_use_v4) psgd_round_add_v4_##SFX(c, n, r, w, o);          \
+        else psgd_round_add_base_##SFX(c, n, r, w, o);                                        \
+    }
+    PSGD_Q_DISPATCH2(f32, float)
+    PSGD_Q_DISPATCH2(f64, double)
 
     /* natural decode: first coordinate with code 0 and its sign bit set, or -1 */
     static Py_ssize_t psgd_nat_check(const uint8_t *code, const uint8_t *bits, Py_ssize_t d) {
@@ -254,6 +354,20 @@ cdef extern from *:
     void psgd_nat_add_f64(const uint8_t *code, const uint8_t *bits, Py_ssize_t d, const double *pow2,
                           double w, double *out) noexcept nogil
     double ldexp(double x, int e) noexcept nogil
+    void psgd_unpack(const uint8_t *s, Py_ssize_t nbytes, uint64_t bit0, int b, Py_ssize_t n,
+                     uint32_t *c) noexcept nogil
+    uint64_t psgd_round_f32(const float *x, Py_ssize_t n, double res, uint32_t *code,
+                            int *bad) noexcept nogil
+    uint64_t psgd_round_f64(const double *x, Py_ssize_t n, double res, uint32_t *code,
+                            int *bad) noexcept nogil
+    void psgd_natd_add_f32(const uint32_t *c, Py_ssize_t n, double t, const double *lut, double w,
+                           float *out) noexcept nogil
+    void psgd_natd_add_f64(const uint32_t *c, Py_ssize_t n, double t, const double *lut, double w,
+                           double *out) noexcept nogil
+    void psgd_round_add_f32(const uint32_t *c, Py_ssize_t n, double res, double w,
+                            float *out) noexcept nogil
+    void psgd_round_add_f64(const uint32_t *c, Py_ssize_t n, double res, double w,
+                            double *out) noexcept nogil
     double fabs(double x) noexcept nogil
 
 # Must equal the constants of psgd/kernels_ref.py (tests check).
@@ -551,65 +665,60 @@ def natdither_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t bl
         return C_ERR_OK, -1
     scales_arr = np.empty(nb, dtype=np.float32)
     cdef float[::1] scales = scales_arr
-    cdef Py_ssize_t where, j, p, blk, end
-    cdef int b = <int>_natd_bits(levels), nbits = 0, code = C_ERR_OK
-    cdef uint64_t acc = 0, c, mask = (<uint64_t>1 << b) - 1, s = <uint64_t>levels
+    cdef Py_ssize_t where, j, k, m, blk, end, nsym = n - 4 * nb
+    cdef int b = <int>_natd_bits(levels), code = C_ERR_OK
+    cdef uint32_t s = <uint32_t>levels, c
+    cdef uint32_t cbuf[CHUNK]
     cdef const uint8_t* sym = &payload[4 * nb]
     cdef double t, v
     cdef double lut[NATDITHER_MAX_LEVELS + 1]
     lut[0] = 0.0
     for j in range(1, levels + 1):
-        lut[j] = 2.0 ** (j - levels)
+        lut[j] = 2.0 ** (j - levels)          # t * lut[l] == ldexp(t, l - s) exactly
     with nogil:
         where = _check_scales(&payload[0], nb, &scales[0])
         if where >= 0:
             code = C_ERR_SCALE
         else:
-            p = 0
-            for j in range(d):
-                while nbits < b:
-                    acc |= <uint64_t>sym[p] << nbits
-                    p += 1
-                    nbits += 8
-                c = acc & mask
-                acc >>= b
-                nbits -= b
-                if (c >> 1) > s:
-                    code = C_ERR_LEVEL
-                    where = j
-                    break
-                if c == 1:
-                    code = C_ERR_SIGN
-                    where = j
-                    break
-            if code == C_ERR_OK and (d * b) % 8 and (sym[n - 4 * nb - 1] >> ((d * b) % 8)) != 0:
+            j = 0
+            while j < d and code == C_ERR_OK:   # validate every symbol before touching out
+                m = CHUNK if d - j > CHUNK else d - j
+                psgd_unpack(sym, nsym, <uint64_t>j * b, b, m, cbuf)
+                for k in range(m):
+                    c = cbuf[k]
+                    if (c >> 1) > s or c == 1:
+                        code = C_ERR_LEVEL if (c >> 1) > s else C_ERR_SIGN
+                        where = j + k
+                        break
+                j += m
+            if code == C_ERR_OK and (d * b) % 8 and (sym[nsym - 1] >> ((d * b) % 8)) != 0:
                 code = C_ERR_PADDING
                 where = n - 1
         if code == C_ERR_OK:
-            p = 0
-            nbits = 0
-            acc = 0
             j = 0
             for blk in range(nb):
                 end = j + block_size if d - j > block_size else d
                 t = <double>scales[blk]
                 while j < end:
-                    while nbits < b:
-                        acc |= <uint64_t>sym[p] << nbits
-                        p += 1
-                        nbits += 8
-                    c = acc & mask
-                    acc >>= b
-                    nbits -= b
-                    v = t * lut[c >> 1]       # == ldexp(t, level - s), exactly
-                    if c & 1:
-                        v = -v
-                    out[j] = out[j] + <real_out>(weight * v)
-                    j += 1
+                    m = CHUNK if end - j > CHUNK else end - j
+                    psgd_unpack(sym, nsym, <uint64_t>j * b, b, m, cbuf)
+                    if real_out is float:
+                        psgd_natd_add_f32(cbuf, m, t, lut, weight, &out[j])
+                    else:
+                        psgd_natd_add_f64(cbuf, m, t, lut, weight, &out[j])
+                    j += m
     return code, where
 
 
 # ------------------------------------------------------------------ rounding
+
+cdef inline uint64_t _round_codes(const real_in* x, Py_ssize_t n, double res, uint32_t* code,
+                                  int* bad) noexcept nogil:
+    if real_in is float:
+        return psgd_round_f32(x, n, res, code, bad)
+    else:
+        return psgd_round_f64(x, n, res, code, bad)
+
 
 def rounding_widths(const real_in[::1] x, Py_ssize_t block_size, double resolution):
     """Per block, the bit length of the largest zig-zag code of q = rint(x / resolution)."""
@@ -617,30 +726,31 @@ def rounding_widths(const real_in[::1] x, Py_ssize_t block_size, double resoluti
     _check_bs(d, block_size)
     if not resolution > 0.0:
         raise ValueError(f"resolution must be > 0, got {resolution}")
-    cdef Py_ssize_t nb = _nblocks(d, block_size), blk, j, end, bad = -1
+    cdef Py_ssize_t nb = _nblocks(d, block_size), blk, j = 0, end, m, k, bad_at = -1
     result = np.zeros(nb, dtype=np.uint8)
     cdef uint8_t[::1] w = result
-    cdef double q, qmax = ROUNDING_MAX_Q
+    cdef uint32_t cbuf[CHUNK]
     cdef uint64_t orv
-    cdef int64_t qi
+    cdef int bad = 0
     with nogil:
-        j = 0
         for blk in range(nb):
             end = j + block_size if d - j > block_size else d
             orv = 0
             while j < end:
-                q = psgd_rint(<double>x[j] / resolution)
-                if not (fabs(q) <= qmax):
-                    bad = j
+                m = CHUNK if end - j > CHUNK else end - j
+                orv |= _round_codes(&x[j], m, resolution, cbuf, &bad)
+                if bad:
+                    for k in range(m):            # locate it for the message
+                        if not (fabs(psgd_rint(<double>x[j + k] / resolution)) <= 2147483647.0):
+                            bad_at = j + k
+                            break
                     break
-                qi = <int64_t>q
-                orv |= <uint64_t>((qi << 1) ^ (qi >> 63))
-                j += 1
-            if bad >= 0:
+                j += m
+            if bad:
                 break
             w[blk] = <uint8_t>_bitlen(orv)
-    if bad >= 0:
-        raise ValueError(f"rounding_widths: |x[{bad}]| / resolution is NaN, Inf or above 2^31 - 1")
+    if bad:
+        raise ValueError(f"rounding_widths: |x[{bad_at}]| / resolution is NaN, Inf or above 2^31 - 1")
     return result
 
 
@@ -649,7 +759,7 @@ def rounding_encode(const real_in[::1] x, const uint8_t[::1] widths, Py_ssize_t 
     """Widths bytes, then each block's zig-zag codes in its width, LSB-first (kernels_ref)."""
     cdef Py_ssize_t d = x.shape[0]
     _check_bs(d, block_size)
-    cdef Py_ssize_t nb = _nblocks(d, block_size), blk, j = 0, end, p, total = 0, m
+    cdef Py_ssize_t nb = _nblocks(d, block_size), blk, j = 0, end, p, total = 0, m, k
     if widths.shape[0] != nb:
         raise ValueError("rounding_encode: widths has the wrong length")
     for blk in range(nb):
@@ -659,9 +769,9 @@ def rounding_encode(const real_in[::1] x, const uint8_t[::1] widths, Py_ssize_t 
         total += m * widths[blk]
     if out.shape[0] != nb + (total + 7) // 8:
         raise ValueError(f"rounding_encode: out has {out.shape[0]} bytes, expected {nb + (total + 7) // 8}")
-    cdef int nbits = 0, wb
-    cdef uint64_t acc = 0, code, mask
-    cdef int64_t qi
+    cdef int nbits = 0, wb, bad = 0
+    cdef uint64_t acc = 0, mask
+    cdef uint32_t cbuf[CHUNK]
     with nogil:
         for blk in range(nb):
             out[blk] = widths[blk]
@@ -671,19 +781,21 @@ def rounding_encode(const real_in[::1] x, const uint8_t[::1] widths, Py_ssize_t 
             wb = widths[blk]
             mask = (<uint64_t>1 << wb) - 1
             while j < end:
-                qi = <int64_t>psgd_rint(<double>x[j] / resolution)
-                code = <uint64_t>((qi << 1) ^ (qi >> 63)) & mask
-                acc |= code << nbits
-                nbits += wb
-                if nbits >= 32:
-                    out[p] = <uint8_t>acc
-                    out[p + 1] = <uint8_t>(acc >> 8)
-                    out[p + 2] = <uint8_t>(acc >> 16)
-                    out[p + 3] = <uint8_t>(acc >> 24)
-                    p += 4
-                    acc >>= 32
-                    nbits -= 32
-                j += 1
+                m = CHUNK if end - j > CHUNK else end - j
+                _round_codes(&x[j], m, resolution, cbuf, &bad)
+                if wb:
+                    for k in range(m):
+                        acc |= (<uint64_t>cbuf[k] & mask) << nbits
+                        nbits += wb
+                        if nbits >= 32:
+                            out[p] = <uint8_t>acc
+                            out[p + 1] = <uint8_t>(acc >> 8)
+                            out[p + 2] = <uint8_t>(acc >> 16)
+                            out[p + 3] = <uint8_t>(acc >> 24)
+                            p += 4
+                            acc >>= 32
+                            nbits -= 32
+                j += m
         while nbits > 0:
             out[p] = <uint8_t>acc
             p += 1
@@ -697,7 +809,7 @@ def rounding_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t blo
     _check_bs(d, block_size)
     if out.shape[0] != d:
         raise ValueError("rounding_decode_add: out has the wrong length")
-    cdef Py_ssize_t nb = _nblocks(d, block_size), n = payload.shape[0], blk, j, end, p, total = 0, m
+    cdef Py_ssize_t nb = _nblocks(d, block_size), n = payload.shape[0], blk, j, end, total = 0, m, k
     if n < nb:
         return C_ERR_SIZE, nb
     for blk in range(nb):
@@ -709,39 +821,43 @@ def rounding_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t blo
         return C_ERR_SIZE, nb + (total + 7) // 8
     if d == 0:
         return C_ERR_OK, -1
-    cdef int nbits, wb, code = C_ERR_OK, phase
-    cdef uint64_t acc, c, mask, orv
+    cdef int wb, code = C_ERR_OK, phase
+    cdef uint64_t bit, orv
+    cdef uint32_t c
+    cdef uint32_t cbuf[CHUNK]
     cdef int64_t q
-    cdef Py_ssize_t where = -1
+    cdef Py_ssize_t where = -1, nsym = n - nb
+    cdef const uint8_t* sym = &payload[nb]
     with nogil:
         for phase in range(2):                # 0: validate everything, 1: accumulate
             j = 0
-            p = nb
-            nbits = 0
-            acc = 0
+            bit = 0
             for blk in range(nb):
                 end = j + block_size if d - j > block_size else d
                 wb = payload[blk]
-                mask = (<uint64_t>1 << wb) - 1
                 orv = 0
                 while j < end:
-                    while nbits < wb:
-                        acc |= <uint64_t>payload[p] << nbits
-                        p += 1
-                        nbits += 8
-                    c = acc & mask
-                    acc >>= wb
-                    nbits -= wb
-                    if phase == 0:
-                        if c == 0xFFFFFFFFULL:        # q = -2^31: encode never makes it
-                            code = C_ERR_CODE
-                            where = j
-                            break
-                        orv |= c
+                    m = CHUNK if end - j > CHUNK else end - j
+                    if wb:
+                        psgd_unpack(sym, nsym, bit, wb, m, cbuf)
                     else:
-                        q = <int64_t>(c >> 1) ^ -<int64_t>(c & 1)
-                        out[j] = out[j] + <real_out>(weight * (resolution * <double>q))
-                    j += 1
+                        memset(cbuf, 0, m * sizeof(uint32_t))
+                    bit += <uint64_t>m * wb
+                    if phase == 0:
+                        for k in range(m):
+                            c = cbuf[k]
+                            if c == 0xFFFFFFFFU:          # q = -2^31: encode never makes it
+                                code = C_ERR_CODE
+                                where = j + k
+                                break
+                            orv |= c
+                        if code != C_ERR_OK:
+                            break
+                    elif real_out is float:
+                        psgd_round_add_f32(cbuf, m, resolution, weight, &out[j])
+                    else:
+                        psgd_round_add_f64(cbuf, m, resolution, weight, &out[j])
+                    j += m
                 if code != C_ERR_OK:
                     break
                 if phase == 0 and _bitlen(orv) != wb:
