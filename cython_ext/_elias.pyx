@@ -10,7 +10,7 @@ buffer first: a truncated or corrupted message returns an error code, it never r
 out of bounds.
 """
 
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memset
 
 import numpy as np
@@ -82,29 +82,88 @@ cdef extern from *:
     PSGD_E_DISPATCH(f32, float)
     PSGD_E_DISPATCH(f64, double)
 
-    /* ---- MSB-first bit writer (bit k of the stream is bit 7 - k % 8 of byte k / 8) */
+    /* ---- MSB-first bit writer (bit k of the stream is bit 7 - k % 8 of byte k / 8): bits
+       collect in acc and leave 32 at a time */
     typedef struct { uint8_t *out; Py_ssize_t p; uint64_t acc; int nbits; } psgd_bw;
-    static inline void psgd_bw_put(psgd_bw *w, uint64_t v, int len) {     /* len <= 40 */
+    static inline void psgd_bw_put(psgd_bw *w, uint64_t v, int len) {     /* len <= 32 */
         w->acc = (w->acc << len) | v;
         w->nbits += len;
-        while (w->nbits >= 8) {
-            w->nbits -= 8;
-            w->out[w->p++] = (uint8_t)(w->acc >> w->nbits);
+        if (w->nbits >= 32) {
+            uint32_t top;
+            w->nbits -= 32;
+            top = (uint32_t)(w->acc >> w->nbits);
+            w->out[w->p] = (uint8_t)(top >> 24); w->out[w->p + 1] = (uint8_t)(top >> 16);
+            w->out[w->p + 2] = (uint8_t)(top >> 8); w->out[w->p + 3] = (uint8_t)top;
+            w->p += 4;
+        }
+    }
+    static inline void psgd_bw_put_long(psgd_bw *w, uint64_t v, int len) {   /* len <= 64 */
+        if (len > 32) { psgd_bw_put(w, v >> 32, len - 32); psgd_bw_put(w, v & 0xFFFFFFFFULL, 32); }
+        else psgd_bw_put(w, v, len);
+    }
+    static inline void psgd_bw_flush(psgd_bw *w) {            /* pad with zeros to a byte */
+        while (w->nbits > 0) {
+            int take = w->nbits >= 8 ? 8 : w->nbits;
+            w->out[w->p++] = (uint8_t)(((w->acc >> (w->nbits - take)) << (8 - take)) & 0xFF);
+            w->nbits -= take;
         }
     }
     static inline int psgd_bitlen64(uint64_t v) { return v ? 64 - __builtin_clzll(v) : 0; }
-    /* Elias omega of n >= 1: the groups bin(n), bin(len - 1), ... written outermost first,
-       then a 0 bit. */
-    static inline void psgd_bw_omega(psgd_bw *w, uint64_t n) {
-        uint64_t val[8]; int len[8], k = 0;
-        while (n > 1) { int l = psgd_bitlen64(n); val[k] = n; len[k] = l; k++; n = (uint64_t)(l - 1); }
-        while (k > 0) { k--; psgd_bw_put(w, val[k], len[k]); }
-        psgd_bw_put(w, 0, 1);
+    /* Elias omega of n >= 1 as one right-aligned integer (n < 2^34: at most 45 bits) */
+    static inline uint64_t psgd_omega_code(uint64_t n, int *len) {
+        uint64_t code = 0; int total = 1, l;        /* the final 0 bit */
+        while (n > 1) { l = psgd_bitlen64(n); code |= n << total; total += l; n = (uint64_t)(l - 1); }
+        *len = total;
+        return code;
     }
-    static inline int psgd_omega_len(uint64_t n) {
-        int total = 1;
-        while (n > 1) { int l = psgd_bitlen64(n); total += l; n = (uint64_t)(l - 1); }
-        return total;
+    static inline int psgd_omega_len(uint64_t n) { int l; psgd_omega_code(n, &l); return l; }
+    /* omega codes of 1..1023 (at most 17 bits) */
+    #define PSGD_OMEGA_LUT 1024
+    static uint32_t psgd_omega_val[PSGD_OMEGA_LUT];
+    static uint8_t psgd_omega_bits[PSGD_OMEGA_LUT];
+    static inline void psgd_bw_omega(psgd_bw *w, uint64_t n) {
+        if (n < PSGD_OMEGA_LUT) { psgd_bw_put(w, psgd_omega_val[n], psgd_omega_bits[n]); return; }
+        int l; uint64_t c = psgd_omega_code(n, &l);
+        psgd_bw_put_long(w, c, l);
+    }
+    /* a whole (gap, sign, level) triple; one put when both are small */
+    static inline void psgd_bw_triple(psgd_bw *w, uint64_t gap, uint32_t sign, uint64_t lev) {
+        if (gap < PSGD_OMEGA_LUT && lev < PSGD_OMEGA_LUT) {
+            int lg = psgd_omega_bits[gap], ll = psgd_omega_bits[lev];
+            uint64_t v = ((uint64_t)psgd_omega_val[gap] << (ll + 1)) | ((uint64_t)sign << ll)
+                         | psgd_omega_val[lev];
+            psgd_bw_put_long(w, v, lg + 1 + ll);
+        } else {
+            psgd_bw_omega(w, gap); psgd_bw_put(w, sign, 1); psgd_bw_omega(w, lev);
+        }
+    }
+    /* the decoder's table: the triple (gap, sign, level) that the next 12 bits start with,
+       if it fits in them (len 0: it does not) */
+    typedef struct { uint16_t gap, lev; uint8_t sign, len; } psgd_tri;
+    static psgd_tri psgd_tri_lut[4096];
+    static void psgd_elias_init(void) {
+        for (uint64_t n = 1; n < PSGD_OMEGA_LUT; n++) {
+            int l; psgd_omega_val[n] = (uint32_t)psgd_omega_code(n, &l); psgd_omega_bits[n] = (uint8_t)l;
+        }
+        memset(psgd_tri_lut, 0, sizeof(psgd_tri_lut));
+        for (uint64_t g = 1; g < 64; g++) for (uint64_t v = 1; v < 64; v++) for (uint32_t sg = 0; sg < 2; sg++) {
+            int len = psgd_omega_bits[g] + 1 + psgd_omega_bits[v];
+            if (len > 12) continue;
+            uint32_t code = (psgd_omega_val[g] << (psgd_omega_bits[v] + 1)) | (sg << psgd_omega_bits[v])
+                            | psgd_omega_val[v];
+            uint32_t first = code << (12 - len), count = 1u << (12 - len);
+            for (uint32_t i = 0; i < count; i++) {
+                psgd_tri *e = &psgd_tri_lut[first + i];
+                e->gap = (uint16_t)g; e->lev = (uint16_t)v; e->sign = (uint8_t)sg; e->len = (uint8_t)len;
+            }
+        }
+    }
+    static inline uint64_t psgd_load_u64be(const uint8_t *p) {
+        uint64_t w; memcpy(&w, p, 8);
+    #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        w = __builtin_bswap64(w);
+    #endif
+        return w;
     }
 
     /* ---- checked MSB-first bit reader over nbits bits */
@@ -150,8 +209,18 @@ cdef extern from *:
         uint64_t acc
         int nbits
     void psgd_bw_put(psgd_bw *w, uint64_t v, int len) noexcept nogil
+    void psgd_bw_flush(psgd_bw *w) noexcept nogil
     void psgd_bw_omega(psgd_bw *w, uint64_t n) noexcept nogil
+    void psgd_bw_triple(psgd_bw *w, uint64_t gap, uint32_t sign, uint64_t lev) noexcept nogil
     int psgd_omega_len(uint64_t n) noexcept nogil
+    ctypedef struct psgd_tri:
+        uint16_t gap
+        uint16_t lev
+        uint8_t sign
+        uint8_t len
+    psgd_tri psgd_tri_lut[4096]
+    void psgd_elias_init() noexcept nogil
+    uint64_t psgd_load_u64be(const uint8_t *p) noexcept nogil
     ctypedef struct psgd_br:
         const uint8_t *buf
         uint64_t pos
@@ -159,6 +228,7 @@ cdef extern from *:
     int psgd_br_omega(psgd_br *r, uint64_t *out) noexcept nogil
 
 psgd_e_use_v4 = psgd_e_cpu_has_v4()
+psgd_elias_init()
 
 
 def _isa_variants():
@@ -277,13 +347,10 @@ def elias_encode(const real_in[::1] x, const float[::1] scales, Py_ssize_t block
                     for k in range(m):
                         c = code[k]
                         if c:
-                            psgd_bw_omega(&w, <uint64_t>(j + k - prev))
-                            psgd_bw_put(&w, c & 1, 1)
-                            psgd_bw_omega(&w, c >> 1)
+                            psgd_bw_triple(&w, <uint64_t>(j + k - prev), c & 1, c >> 1)
                             prev = j + k
                 j += m
-        if w.nbits:
-            psgd_bw_put(&w, 0, 8 - w.nbits)          # zero padding to a whole byte
+        psgd_bw_flush(&w)                            # zero padding to a whole byte
     return 4 * nb + w.p
 
 
@@ -326,8 +393,24 @@ def elias_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_
     cdef int code = C_ERR_OK
     cdef Py_ssize_t where = -1
     cdef uint64_t g, sgn
+    cdef psgd_tri tri
+    cdef int64_t blk_end = block_size, nxt       # blk_end: end of the block of index prev + 1..
+    cdef Py_ssize_t blk = 0
     with nogil:
         for e in range(nnz):
+            if r.pos + 64 <= r.end:               # fast path: 8 readable bytes, a table hit
+                tri = psgd_tri_lut[psgd_load_u64be(&r.buf[r.pos >> 3]) << (r.pos & 7) >> 52]
+                nxt = prev + tri.gap
+                while nxt >= blk_end and blk_end < d:    # the block of nxt (no division)
+                    blk += 1
+                    blk_end += block_size
+                if tri.len and <uint64_t>tri.gap <= <uint64_t>(d - 1 - prev) \
+                        and <uint64_t>tri.lev <= <uint64_t>levels and scales[blk] != 0.0:
+                    r.pos += tri.len
+                    prev += tri.gap
+                    idx[e] = prev
+                    lev[e] = -<int64_t>tri.lev if tri.sign else <int64_t>tri.lev
+                    continue
             start = r.pos
             st = psgd_br_omega(&r, &g)
             if st:
@@ -372,10 +455,15 @@ def elias_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_
         return code, where
     cdef double s = <double>levels, tv
     cdef int64_t lv
+    blk = 0
+    blk_end = block_size
     with nogil:
         for e in range(nnz):
+            while idx[e] >= blk_end:
+                blk += 1
+                blk_end += block_size
             lv = lev[e]
-            tv = <double>scales[idx[e] // block_size] * <double>(lv if lv > 0 else -lv) / s
+            tv = <double>scales[blk] * <double>(lv if lv > 0 else -lv) / s
             if lv < 0:
                 tv = -tv
             out[idx[e]] = out[idx[e]] + <real_out>(weight * tv)
