@@ -46,7 +46,7 @@ cdef extern from *:
        stream. lane[l] = sequential float64 sum of |x_j| over j = l (mod 8) (block-relative
        j); sign bits OR-ed into a zeroed stream (whole bytes when bit0 is a byte start). */
     #define PSGD_SIGN_ENC(SFX, T)                                                             \
-    static void psgd_sign_block_##SFX(const T *x, Py_ssize_t n, Py_ssize_t bit0,              \
+    static void psgd_sign_block_gen_##SFX(const T *x, Py_ssize_t n, Py_ssize_t bit0,              \
                                       uint8_t *bits, double *lane) {                          \
         double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;                \
         Py_ssize_t j = 0;                                                                     \
@@ -77,7 +77,7 @@ cdef extern from *:
 
     /* out[j] += bit j ? neg : pos, for the n coordinates whose first bit is bit0 */
     #define PSGD_SIGN_DEC(SFX, T)                                                             \
-    static void psgd_sign_add_##SFX(const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t n,       \
+    static void psgd_sign_add_gen_##SFX(const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t n,       \
                                     T pos, T neg, T *out) {                                   \
         Py_ssize_t j = 0;                                                                     \
         if ((bit0 & 7) == 0) {                                                                \
@@ -266,6 +266,106 @@ cdef extern from *:
     }
     PSGD_Q_DISPATCH(f32, float)
     PSGD_Q_DISPATCH(f64, double)
+
+    /* ---- scaled sign with AVX2 (vmovmskps, 4-wide double lanes), used with the x86-64-v4
+       build (v4 implies v3). Same lane sums in the same order as the generic loops. */
+    #if PSGD_Q_HAVE_V4
+    #include <immintrin.h>
+    #define PSGD_V3 __attribute__((target("arch=x86-64-v3")))
+    PSGD_V3 static Py_ssize_t psgd_sign_fast_f32(const float *x, Py_ssize_t n, uint8_t *o, double *lane) {
+        const __m256d absm = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFLL));
+        __m256d lo = _mm256_loadu_pd(lane), hi = _mm256_loadu_pd(lane + 4);
+        Py_ssize_t j = 0;
+        for (; j + 8 <= n; j += 8) {
+            __m256 v = _mm256_loadu_ps(x + j);
+            *o++ = (uint8_t)_mm256_movemask_ps(v);
+            lo = _mm256_add_pd(lo, _mm256_and_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), absm));
+            hi = _mm256_add_pd(hi, _mm256_and_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), absm));
+        }
+        _mm256_storeu_pd(lane, lo); _mm256_storeu_pd(lane + 4, hi);
+        return j;
+    }
+    PSGD_V3 static Py_ssize_t psgd_sign_fast_f64(const double *x, Py_ssize_t n, uint8_t *o, double *lane) {
+        const __m256d absm = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFLL));
+        __m256d lo = _mm256_loadu_pd(lane), hi = _mm256_loadu_pd(lane + 4);
+        Py_ssize_t j = 0;
+        for (; j + 8 <= n; j += 8) {
+            __m256d v0 = _mm256_loadu_pd(x + j), v1 = _mm256_loadu_pd(x + j + 4);
+            *o++ = (uint8_t)(_mm256_movemask_pd(v0) | (_mm256_movemask_pd(v1) << 4));
+            lo = _mm256_add_pd(lo, _mm256_and_pd(v0, absm));
+            hi = _mm256_add_pd(hi, _mm256_and_pd(v1, absm));
+        }
+        _mm256_storeu_pd(lane, lo); _mm256_storeu_pd(lane + 4, hi);
+        return j;
+    }
+    PSGD_V3 static Py_ssize_t psgd_sign_addfast_f32(const uint8_t *q, Py_ssize_t n, float pos,
+                                                   float neg, float *out) {
+        const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        const __m256 vp = _mm256_set1_ps(pos), vn = _mm256_set1_ps(neg);
+        Py_ssize_t j = 0;
+        for (; j + 8 <= n; j += 8) {
+            __m256i m = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(*q++), sel), sel);
+            __m256 val = _mm256_blendv_ps(vp, vn, _mm256_castsi256_ps(m));
+            _mm256_storeu_ps(out + j, _mm256_add_ps(_mm256_loadu_ps(out + j), val));
+        }
+        return j;
+    }
+    PSGD_V3 static Py_ssize_t psgd_sign_addfast_f64(const uint8_t *q, Py_ssize_t n, double pos,
+                                                   double neg, double *out) {
+        const __m256i sl = _mm256_setr_epi64x(1, 2, 4, 8), sh = _mm256_setr_epi64x(16, 32, 64, 128);
+        const __m256d vp = _mm256_set1_pd(pos), vn = _mm256_set1_pd(neg);
+        Py_ssize_t j = 0;
+        for (; j + 8 <= n; j += 8) {
+            __m256i b = _mm256_set1_epi64x(*q++);
+            __m256i m0 = _mm256_cmpeq_epi64(_mm256_and_si256(b, sl), sl);
+            __m256i m1 = _mm256_cmpeq_epi64(_mm256_and_si256(b, sh), sh);
+            _mm256_storeu_pd(out + j, _mm256_add_pd(_mm256_loadu_pd(out + j),
+                             _mm256_blendv_pd(vp, vn, _mm256_castsi256_pd(m0))));
+            _mm256_storeu_pd(out + j + 4, _mm256_add_pd(_mm256_loadu_pd(out + j + 4),
+                             _mm256_blendv_pd(vp, vn, _mm256_castsi256_pd(m1))));
+        }
+        return j;
+    }
+    #endif
+    /* dispatch: the AVX2 loop for the byte-aligned whole groups, the generic code for the rest */
+    #define PSGD_SIGN_DISPATCH(SFX, T)                                                        \
+    static void psgd_sign_block_##SFX(const T *x, Py_ssize_t n, Py_ssize_t bit0, uint8_t *bits, \
+                                      double *lane) {                                         \
+        if (PSGD_Q_HAVE_V4 && psgd_q_use_v4 && (bit0 & 7) == 0 && n >= 8) {                   \
+            double l8[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                          \
+            Py_ssize_t done = PSGD_SIGN_FAST(SFX)(x, n, bits + (bit0 >> 3), l8);              \
+            double rest[8];                                                                   \
+            psgd_sign_block_gen_##SFX(x + done, n - done, bit0 + done, bits, rest);           \
+            /* the tail continues each lane's sequential sum: lane l of the tail starts at    \
+               block-relative j = done + l, and done is a multiple of 8 */                    \
+            for (int l = 0; l < 8; l++) {                                                     \
+                double a = l8[l];                                                             \
+                for (Py_ssize_t k = done + l; k < n; k += 8) a += fabs((double)x[k]);         \
+                lane[l] = a;                                                                  \
+            }                                                                                 \
+            (void)rest;                                                                       \
+            return;                                                                           \
+        }                                                                                     \
+        psgd_sign_block_gen_##SFX(x, n, bit0, bits, lane);                                    \
+    }                                                                                         \
+    static void psgd_sign_add_##SFX(const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t n,       \
+                                    T pos, T neg, T *out) {                                   \
+        Py_ssize_t done = 0;                                                                  \
+        if (PSGD_Q_HAVE_V4 && psgd_q_use_v4 && (bit0 & 7) == 0)                               \
+            done = PSGD_SIGN_ADDFAST(SFX)(bits + (bit0 >> 3), n, pos, neg, out);              \
+        psgd_sign_add_gen_##SFX(bits, bit0 + done, n - done, pos, neg, out + done);           \
+    }
+    #if PSGD_Q_HAVE_V4
+    #define PSGD_SIGN_FAST(SFX) psgd_sign_fast_##SFX
+    #define PSGD_SIGN_ADDFAST(SFX) psgd_sign_addfast_##SFX
+    #else
+    #define PSGD_SIGN_FAST(SFX) psgd_sign_nofast
+    #define PSGD_SIGN_ADDFAST(SFX) psgd_sign_noaddfast
+    static Py_ssize_t psgd_sign_nofast(const void *x, Py_ssize_t n, uint8_t *o, double *l) { return 0; }
+    static Py_ssize_t psgd_sign_noaddfast(const uint8_t *q, Py_ssize_t n, double p, double m, void *o) { return 0; }
+    #endif
+    PSGD_SIGN_DISPATCH(f32, float)
+    PSGD_SIGN_DISPATCH(f64, double)
     #define PSGD_Q_DISPATCH2(SFX, T)                                                          \
     static uint64_t psgd_round_base_##SFX(const T *x, Py_ssize_t n, double r, uint32_t *c,    \
                                           int *b) { return psgd_round_body_##SFX(x, n, r, c, b); } \
