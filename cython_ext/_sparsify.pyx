@@ -58,7 +58,8 @@ cdef extern from *:
     }                                                                                         \
     /* append (index, key) of every key >= lo to ci/ck in index order; -1 past cap.          \
        Chunks of 16 are screened with a vectorizable OR first (hits are rare). */            \
-    static Py_ssize_t psgd_topk_collect_##SFX(const T *x, Py_ssize_t d, uint64_t lo64,       \
+    static inline __attribute__((always_inline)) Py_ssize_t psgd_topk_collect_body_##SFX(   \
+            const T *x, Py_ssize_t d, uint64_t lo64,                                           \
                                               int64_t *ci, uint64_t *ck, Py_ssize_t cap) {   \
         NKT lo = (NKT)(W(1) == 1 ? lo64 : lo64 >> 32);                                        \
         Py_ssize_t i = 0, c = 0;                                                              \
@@ -80,6 +81,84 @@ cdef extern from *:
     }
     PSGD_TOPK(f32, float, int32_t, PSGD_NK32, PSGD_W32, 20)
     PSGD_TOPK(f64, double, int64_t, PSGD_NK64, PSGD_W64, 52)
+    /* the screening pass is built for the baseline and for x86-64-v4 (wider compares),
+       chosen at run time as in _dither */
+    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+    #define PSGD_S_HAVE_V4 1
+    #define PSGD_S_V4 __attribute__((target("arch=x86-64-v4")))
+    #else
+    #define PSGD_S_HAVE_V4 0
+    #define PSGD_S_V4
+    #endif
+    static int psgd_s_use_v4 = 0;
+    static int psgd_s_cpu_has_v4(void) {
+    #if PSGD_S_HAVE_V4
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("x86-64-v4") != 0;
+    #else
+        return 0;
+    #endif
+    }
+    #define PSGD_S_DISPATCH(SFX, T)                                                           \
+    static Py_ssize_t psgd_topk_collect_base_##SFX(const T *x, Py_ssize_t d, uint64_t lo,     \
+            int64_t *ci, uint64_t *ck, Py_ssize_t cap) {                                      \
+        return psgd_topk_collect_body_##SFX(x, d, lo, ci, ck, cap); }                         \
+    static Py_ssize_t psgd_topk_collect_##SFX(const T *x, Py_ssize_t d, uint64_t lo,          \
+            int64_t *ci, uint64_t *ck, Py_ssize_t cap) {                                      \
+        return (PSGD_S_HAVE_V4 && psgd_s_use_v4) ? psgd_topk_collect_v4_##SFX(x, d, lo, ci, ck, cap) \
+                                                 : psgd_topk_collect_base_##SFX(x, d, lo, ci, ck, cap); \
+    }
+    /* AVX-512: a 16-bit hit mask per 16 keys (vpcmpd/vpcmpq), hits visited with ctz */
+    #if PSGD_S_HAVE_V4
+    #include <immintrin.h>
+    PSGD_S_V4 static Py_ssize_t psgd_topk_collect_v4_f32(const float *x, Py_ssize_t d, uint64_t lo64,
+            int64_t *ci, uint64_t *ck, Py_ssize_t cap) {
+        const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF), vlo = _mm512_set1_epi32((int32_t)(lo64 >> 32));
+        Py_ssize_t i = 0, c = 0;
+        for (; i + 16 <= d; i += 16) {
+            __m512i k = _mm512_and_si512(_mm512_loadu_si512((const void *)(x + i)), absm);
+            uint32_t m = _mm512_cmpge_epi32_mask(k, vlo);
+            while (m) {
+                int j = __builtin_ctz(m);
+                m &= m - 1;
+                if (c == cap) return -1;
+                ci[c] = i + j; ck[c] = PSGD_W32(PSGD_NK32(x[i + j])); c++;
+            }
+        }
+        Py_ssize_t r = psgd_topk_collect_body_f32(x + i, d - i, lo64, ci + c, ck + c, cap - c);
+        if (r < 0) return -1;
+        for (Py_ssize_t q = c; q < c + r; q++) ci[q] += i;
+        return c + r;
+    }
+    PSGD_S_V4 static Py_ssize_t psgd_topk_collect_v4_f64(const double *x, Py_ssize_t d, uint64_t lo64,
+            int64_t *ci, uint64_t *ck, Py_ssize_t cap) {
+        const __m512i absm = _mm512_set1_epi64(0x7FFFFFFFFFFFFFFFLL), vlo = _mm512_set1_epi64((int64_t)lo64);
+        Py_ssize_t i = 0, c = 0;
+        for (; i + 16 <= d; i += 16) {
+            __m512i k0 = _mm512_and_si512(_mm512_loadu_si512((const void *)(x + i)), absm);
+            __m512i k1 = _mm512_and_si512(_mm512_loadu_si512((const void *)(x + i + 8)), absm);
+            uint32_t m = (uint32_t)_mm512_cmpge_epi64_mask(k0, vlo)
+                         | ((uint32_t)_mm512_cmpge_epi64_mask(k1, vlo) << 8);
+            while (m) {
+                int j = __builtin_ctz(m);
+                m &= m - 1;
+                if (c == cap) return -1;
+                ci[c] = i + j; ck[c] = PSGD_W64(PSGD_NK64(x[i + j])); c++;
+            }
+        }
+        Py_ssize_t r = psgd_topk_collect_body_f64(x + i, d - i, lo64, ci + c, ck + c, cap - c);
+        if (r < 0) return -1;
+        for (Py_ssize_t q = c; q < c + r; q++) ci[q] += i;
+        return c + r;
+    }
+    #else
+    static Py_ssize_t psgd_topk_collect_v4_f32(const float *x, Py_ssize_t d, uint64_t lo,
+            int64_t *ci, uint64_t *ck, Py_ssize_t cap) { return psgd_topk_collect_body_f32(x, d, lo, ci, ck, cap); }
+    static Py_ssize_t psgd_topk_collect_v4_f64(const double *x, Py_ssize_t d, uint64_t lo,
+            int64_t *ci, uint64_t *ck, Py_ssize_t cap) { return psgd_topk_collect_body_f64(x, d, lo, ci, ck, cap); }
+    #endif
+    PSGD_S_DISPATCH(f32, float)
+    PSGD_S_DISPATCH(f64, double)
     """
     const uint64_t GAMMA "PSGD_GAMMA"
     uint64_t psgd_mix64(uint64_t z) noexcept nogil
@@ -88,12 +167,30 @@ cdef extern from *:
     float psgd_u32_as_f32(uint32_t u) noexcept nogil
     uint32_t psgd_load_u32le(const uint8_t *p) noexcept nogil
     int psgd_ctz64(uint64_t w) noexcept nogil
+    int psgd_s_use_v4
+    int psgd_s_cpu_has_v4() noexcept nogil
     uint64_t psgd_topk_hist_f32(const float *x, Py_ssize_t d, Py_ssize_t *h) noexcept nogil
     uint64_t psgd_topk_hist_f64(const double *x, Py_ssize_t d, Py_ssize_t *h) noexcept nogil
     Py_ssize_t psgd_topk_collect_f32(const float *x, Py_ssize_t d, uint64_t lo, int64_t *ci,
                                      uint64_t *ck, Py_ssize_t cap) noexcept nogil
     Py_ssize_t psgd_topk_collect_f64(const double *x, Py_ssize_t d, uint64_t lo, int64_t *ci,
                                      uint64_t *ck, Py_ssize_t cap) noexcept nogil
+
+psgd_s_use_v4 = psgd_s_cpu_has_v4()
+
+
+def _isa_variants():
+    """The screening-pass builds this CPU can run, e.g. ['baseline', 'x86-64-v4'] (for tests)."""
+    return ["baseline"] + (["x86-64-v4"] if psgd_s_cpu_has_v4() else [])
+
+
+def _use_isa(name):
+    """Select a build from :func:`_isa_variants` (tests compare each with the twin)."""
+    global psgd_s_use_v4
+    if name not in _isa_variants():
+        raise ValueError(f"ISA variant {name!r} is not available; have {_isa_variants()}")
+    psgd_s_use_v4 = name == "x86-64-v4"
+
 
 # Must equal the constants of psgd/kernels_ref.py (tests check).
 cdef enum:
@@ -267,7 +364,7 @@ def topk_indices(const real_in[::1] x, Py_ssize_t k):
         if m >= k:
             if maxkey >= inf_key:
                 raise ValueError("topk_indices: x holds NaN or Inf")
-            sub_arr = np.asarray(cand_key).copy()[:m]
+            sub_arr = np.asarray(cand_key)[:m].copy()      # only the m filled entries
             sub = sub_arr
             with nogil:
                 _refine(&sub[0], m, k, 0, 0, &hist[0], &T, &need)

@@ -60,12 +60,23 @@ def _quant_isas():
     return _quant._isa_variants()
 
 
-@pytest.fixture
-def sparsify():
+def _sparsify_isas():
     if not kernels.HAVE_CYTHON_SPARSIFY_QUANT:
+        return ["none"]
+    from psgd import _sparsify
+    return _sparsify._isa_variants()
+
+
+@pytest.fixture(params=_sparsify_isas())
+def sparsify(request):
+    """psgd._sparsify with one screening-pass build selected (restored afterwards)."""
+    if request.param == "none":
         pytest.skip("compiled kernels not built")
     from psgd import _sparsify
-    return _sparsify
+    default = _sparsify._isa_variants()[-1]
+    _sparsify._use_isa(request.param)
+    yield _sparsify
+    _sparsify._use_isa(default)
 
 
 @pytest.fixture(params=_quant_isas())
