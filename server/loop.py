@@ -1,7 +1,9 @@
 """The server process (rank 0): receive queue, staleness control, updates, replies.
 
 One ``Irecv`` is always posted per worker, into a preallocated buffer of the
-compressor's maximum message size; the loop services whichever completes. Staleness is enforced stale-synchronously (Petuum Bosen's SSP):
+compressor's maximum message size (so variable-length codes need no size in
+advance); the loop services whichever completes. Staleness is enforced
+stale-synchronously (Petuum Bosen's SSP):
 
 * every worker is either *computing* on the model version it was last sent, or
   *waiting* (its message has arrived and is queued);

@@ -37,7 +37,7 @@ CODEC_VERSION = 1
 _HEADER = struct.Struct("<BBBBI")
 HEADER_NBYTES = _HEADER.size
 MAX_DIM = 2**32 - 1
-MAX_UNCHECKED_DIM = 2**26  # decode() without d= refuses larger claims from variable-length codes
+MAX_UNCHECKED_DIM = 2**26  # decode() without d= refuses larger claims
 
 
 class Compressor(ABC):
@@ -50,6 +50,8 @@ class Compressor(ABC):
     params: ClassVar[dict] = {}
     #: True when decode needs the same ``key`` that encode was given (shared-seed schemes)
     shared_randomness: ClassVar[bool] = False
+    #: the largest d that ``decode`` accepts from a header when the caller gives no ``d=``
+    max_unchecked_dim: ClassVar[int] = MAX_UNCHECKED_DIM
 
     def __init__(self, **params):
         self.config = check_params("compressor", self.params, params)
@@ -188,11 +190,11 @@ class Compressor(ABC):
             raise WireFormatError(f"{self.name}: reserved codec flags are 0x{flags:02x}, expected 0")
         if expected_d is not None and d != expected_d:
             raise WireFormatError(f"{self.name}: message has d={d}, expected d={expected_d}")
-        if expected_d is None and d > MAX_UNCHECKED_DIM and self._payload_nbytes(d) is None:
-            # a variable-length code cannot vouch for d by its length: never allocate an
-            # untrusted 2^32-element vector; callers that expect one say so with d=
+        if expected_d is None and d > self.max_unchecked_dim:
+            # the header's d is untrusted: a few bytes must not buy a huge allocation or a
+            # long decode; callers that expect long vectors say so with d= (the runtime does)
             raise WireFormatError(f"{self.name}: message claims d={d}; pass d= to decode vectors "
-                                  f"longer than {MAX_UNCHECKED_DIM}")
+                                  f"longer than {self.max_unchecked_dim}")
         payload = raw[HEADER_NBYTES:]
         fixed = self._payload_nbytes(d)
         if fixed is not None and payload.size != fixed:

@@ -66,6 +66,9 @@ CHUNK_ENTRIES = 2**21
 class _Sketch(Compressor):
     unbiased = True
     shared_randomness = True
+    # decoding regenerates a k x d matrix: O(k d) work from a 4k-byte payload, so an
+    # untrusted header may claim at most this d (pass d= for longer vectors)
+    max_unchecked_dim = 2**16
     params = {
         "k": Nullable(Int(1), doc="sketch size per block"),
         "ratio": Nullable(Real(0.0, 1.0, closed="right"), doc="k_b = ceil(ratio * d_b)"),
