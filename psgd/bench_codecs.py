@@ -37,7 +37,7 @@ REPRESENTATIVE = {
     "random_dithering": [{"levels": 1}, {"levels": 4, "block_size": 4096},
                          {"levels": "sqrt", "encoding": "elias"}],
     "sparse_dithering": [{"variant": "randomized", "omega": 1.0, "block_size": 4096}],
-    "spherical": [{"alpha": 0.5, "block_size": 8}],
+    "spherical": [{"alpha": 0.5, "block_size": 4}],      # block 8: ~20 s an encode at d = 10^7
     "gaussian_sketch": [{"ratio": 0.125, "block_size": 64}],
     "haar_sketch": [{"ratio": 0.125, "block_size": 64}],
     "coordinate_sketch": [{"ratio": 0.01}],

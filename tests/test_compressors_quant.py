@@ -175,7 +175,8 @@ def test_natural_corruption():
 def natdither_variance(c, x):
     """Exact per-coordinate variance with the float32 (rounded-up) block scales."""
     bs = c.block_size or max(x.size, 1)
-    t = kernels.block_scales(np.ascontiguousarray(x), bs, kernels.NORM_2 if c.norm == "2" else kernels.NORM_INF)
+    norm = kernels.NORM_2 if c.norm == "2" else kernels.NORM_INF
+    t = kernels.block_scales(np.ascontiguousarray(x), bs, norm)
     t = np.repeat(t.astype(np.float64), bs)[:x.size]
     with np.errstate(divide="ignore", invalid="ignore"):
         y = np.where(t > 0, np.abs(x) / t, 0.0)
@@ -212,7 +213,8 @@ def test_natdither_round_trip_bits_and_variance(cfg):
     for d in [1, 4, 25, 100]:
         s = cfg["levels"]
         vecs = [np.ones(d), np.r_[1.0, np.full(d - 1, 1 / (1 + math.sqrt(d)))],
-                np.r_[1.0, np.full(d - 1, 2.0 ** -s * 1.01)], np.r_[1.0, np.full(d - 1, 2.0 ** (1 - s) * 0.75)],
+                np.r_[1.0, np.full(d - 1, 2.0 ** -s * 1.01)],
+                np.r_[1.0, np.full(d - 1, 2.0 ** (1 - s) * 0.75)],
                 rng.standard_normal(d), rng.standard_normal(d) ** 5]
         for x in vecs:
             var = natdither_variance(c, x).sum()
