@@ -93,10 +93,11 @@ class Server:
                 # (a resumed run may start with a full queue, so the gate comes first)
                 t0 = time.perf_counter()
                 done = self._completed()
-                self.timers["wait"] += time.perf_counter() - t0
                 if not done:
                     self._check_silence()
                     backoff.wait()
+                self.timers["wait"] += time.perf_counter() - t0  # polling and back-off sleep
+                if not done:
                     continue
                 backoff.reset()
                 for j in done:
