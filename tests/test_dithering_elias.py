@@ -180,3 +180,17 @@ def test_corrupted_buffers():
     bad[HEADER_NBYTES + 8:] = [0b10000001, 0b00000000]      # count 2.. then a gap into block 0
     with pytest.raises(WireFormatError):
         comp(levels=3, block_size=2).decode(bad)
+
+
+def test_unbiased_monte_carlo():
+    """E C(x) = x within 5 standard errors (exact per-coordinate variance of the levels)."""
+    c = comp(levels=3, block_size=6)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(18)
+    x[4] = 0.0
+    t = np.repeat(kernels.block_scales(x, 6, kernels.NORM_2).astype(np.float64), 6)
+    y = np.abs(x) / t * 3
+    var = t * t * (y - np.floor(y)) * (np.floor(y) + 1 - y) / 9
+    n = 3000
+    mean = np.mean([c.decode(c.encode(x, rng)) for _ in range(n)], axis=0)
+    assert np.all(np.abs(mean - x) <= 5 * np.sqrt(var / n) + 1e-12)
