@@ -160,7 +160,7 @@ class Algorithm:
                 # every worker fresh: recompute exactly (this is the synchronous step)
                 for i, y in batch:
                     ss.entries[i] = self.entry(ss, i, y)
-                ss.entries_sum = np.tensordot(w, ss.entries, axes=1)
+                np.dot(w, ss.entries, out=ss.entries_sum)
             else:
                 for i, y in batch:
                     new = self.entry(ss, i, y)
@@ -182,7 +182,9 @@ class Algorithm:
             ss.velocity *= h.momentum
             ss.velocity += direction
             direction = ss.velocity
-        ss.x = prox(ss.x - h.gamma * direction, h.gamma)
+        step = h.gamma * direction
+        np.subtract(ss.x, step, out=step)  # reuse the temporary: one allocation per update
+        ss.x = prox(step, h.gamma)
 
     def variance_factor(self) -> float:
         """sum_i w_i^2 (= 1/n for equal shards): how averaging n messages shrinks variance."""

@@ -46,15 +46,21 @@ class Header(NamedTuple):
     payload_nbytes: int
 
 
+def pack_header(out: np.ndarray, kind: int, worker: int, version: int, seq: int,
+                payload_nbytes: int) -> int:
+    """Write the header for a payload already in ``out[32:]``; return the message length."""
+    total = HEADER_NBYTES + payload_nbytes
+    if out.size < total:
+        raise ValueError(f"send buffer of {out.size} bytes cannot hold a {total}-byte message")
+    _FIELDS.pack_into(out, 0, MAGIC, VERSION, kind, worker, version, seq, payload_nbytes)
+    _CRC.pack_into(out, _FIELDS.size, zlib.crc32(out[:_FIELDS.size]))
+    return total
+
+
 def pack_into(out: np.ndarray, kind: int, worker: int, version: int, seq: int,
               payload) -> int:
     """Write header + payload into the preallocated uint8 ``out``; return the message length."""
-    n = len(payload)
-    total = HEADER_NBYTES + n
-    if out.size < total:
-        raise ValueError(f"send buffer of {out.size} bytes cannot hold a {total}-byte message")
-    _FIELDS.pack_into(out, 0, MAGIC, VERSION, kind, worker, version, seq, n)
-    _CRC.pack_into(out, _FIELDS.size, zlib.crc32(out[:_FIELDS.size]))
+    total = pack_header(out, kind, worker, version, seq, len(payload))
     out[HEADER_NBYTES:total] = np.frombuffer(payload, dtype=np.uint8)
     return total
 

@@ -204,16 +204,17 @@ class Server:
         t0 = time.perf_counter()
         # the previous send to j completed long ago (j answered it), but make sure
         wait(self.send_reqs[j], self.timeout, f"the model send to {self._sender(j)}")
-        x = self.state.x
-        if self.mirror is None:
-            payload = self.ctx.downlink.encode(x, self.ctx.down_rng)
+        x, buf = self.state.x, self.send_bufs[j]
+        if self.mirror is None:  # the model itself, encoded straight into the send buffer
+            n = self.ctx.downlink.encode_into(x, self.ctx.down_rng, buf[wire.HEADER_NBYTES:])
         else:
             payload, y = self.ctx.downlink.encode_decode(x - self.mirror[j], self.ctx.down_rng)
             self.mirror[j] += self.ctx.downlink_scale * y
+            n = payload.size
+            buf[wire.HEADER_NBYTES:wire.HEADER_NBYTES + n] = payload
         t1 = time.perf_counter()
         self.timers["encode"] += t1 - t0
-        n = wire.pack_into(self.send_bufs[j], wire.MODEL, j, self.state.step, self.seq_out[j], payload)
-        self._isend(j, n)
+        self._isend(j, wire.pack_header(buf, wire.MODEL, j, self.state.step, self.seq_out[j], n))
         self.sent_version[j] = self.state.step
         self.sent_at[j] = time.monotonic()
         self.computing[j] = True

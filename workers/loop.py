@@ -127,14 +127,24 @@ class Worker:
             raise RunError(f"worker {self.j}: the gradient at its step {self.seq_out} "
                            f"(model version {version}) contains NaN or Inf")
         v = ctx.alg.worker_vector(self.state, g)
-        buf, y = ctx.compressor.encode_decode(v, self.rng, key=ctx.shared_key(self.j, self.seq_out))
-        if ctx.hyper.message_scale != 1.0:
-            y *= ctx.hyper.message_scale
-        ctx.alg.worker_update(self.state, v, y)
-        self._send(wire.GRAD, version, buf)
+        key = ctx.shared_key(self.j, self.seq_out)
+        wait(self.send_req, self.deadline, f"the previous send of worker {self.j}")
+        body = self.send_buf[wire.HEADER_NBYTES:]
+        if ctx.alg.memory is None:  # no memory to update: encode in place, no decode
+            n = ctx.compressor.encode_into(v, self.rng, body, key=key)
+        else:
+            buf, y = ctx.compressor.encode_decode(v, self.rng, key=key)
+            if ctx.hyper.message_scale != 1.0:
+                y *= ctx.hyper.message_scale
+            ctx.alg.worker_update(self.state, v, y)
+            n = buf.size
+            body[:n] = buf
+        self._isend(wire.pack_header(self.send_buf, wire.GRAD, self.j, version, self.seq_out, n))
 
     def _send(self, kind, version, payload):
         wait(self.send_req, self.deadline, f"the previous send of worker {self.j}")
-        n = wire.pack_into(self.send_buf, kind, self.j, version, self.seq_out, payload)
+        self._isend(wire.pack_into(self.send_buf, kind, self.j, version, self.seq_out, payload))
+
+    def _isend(self, n):
         self.send_req = self.comm.Isend([self.send_buf[:n], MPI.BYTE], dest=SERVER, tag=TAG_UP)
         self.seq_out += 1

@@ -69,15 +69,34 @@ class Compressor(ABC):
         x = self._as_input(x)
         fixed = self._payload_nbytes(x.size)
         if fixed is not None and hasattr(self, "_encode_into"):
-            # fixed-length codes write straight behind the header: no payload copy
             out = np.empty(HEADER_NBYTES + fixed, dtype=np.uint8)
-            self._encode_into(x, rng, key, out[HEADER_NBYTES:])
-        else:
-            payload = np.frombuffer(self._encode(x, rng, key), dtype=np.uint8)
-            out = np.empty(HEADER_NBYTES + payload.size, dtype=np.uint8)
-            out[HEADER_NBYTES:] = payload
+            self.encode_into(x, rng, out, key=key)
+            return out
+        payload = np.frombuffer(self._encode(x, rng, key), dtype=np.uint8)
+        out = np.empty(HEADER_NBYTES + payload.size, dtype=np.uint8)
+        out[HEADER_NBYTES:] = payload
         _HEADER.pack_into(out, 0, CODEC_MAGIC, CODEC_VERSION, self.codec_id, 0, x.size)
         return out
+
+    def encode_into(self, x, rng: np.random.Generator, out: np.ndarray, *,
+                    key: int | None = None) -> int:
+        """Write ``encode(x)`` into the preallocated uint8 ``out``; return its length.
+
+        Fixed-length codes with ``_encode_into`` write in place (no temporary), which is
+        what the runtime does with its send buffers; others encode and copy.
+        """
+        x = self._as_input(x)
+        fixed = self._payload_nbytes(x.size)
+        if fixed is None or not hasattr(self, "_encode_into"):
+            buf = self.encode(x, rng, key=key)
+            out[:buf.size] = buf
+            return buf.size
+        n = HEADER_NBYTES + fixed
+        if out.size < n:
+            raise ValueError(f"{self.name}: buffer of {out.size} bytes cannot hold {n}")
+        self._encode_into(x, rng, key, out[HEADER_NBYTES:n])
+        _HEADER.pack_into(out, 0, CODEC_MAGIC, CODEC_VERSION, self.codec_id, 0, x.size)
+        return n
 
     def decode(self, buf, *, key: int | None = None, d: int | None = None,
                dtype=np.float64) -> np.ndarray:

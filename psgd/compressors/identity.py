@@ -19,11 +19,17 @@ class Identity(Compressor):
     def _itemsize(self):
         return 4 if self.dtype == "float32" else 8
 
+    def _dtype(self):
+        return "<f4" if self.dtype == "float32" else "<f8"
+
     def _encode(self, x, rng, key):
-        return x.astype("<f4" if self.dtype == "float32" else "<f8", copy=False).tobytes()
+        return x.astype(self._dtype(), copy=False).tobytes()
+
+    def _encode_into(self, x, rng, key, out):
+        out.view(self._dtype())[:] = x
 
     def _decode_add(self, payload, d, out, weight, key):
-        values = np.frombuffer(payload, dtype="<f4" if self.dtype == "float32" else "<f8", count=d)
+        values = np.frombuffer(payload, dtype=self._dtype(), count=d)
         if not np.isfinite(values).all():
             raise wire_error(self.name, "payload holds NaN or Inf")
         if weight == 1.0:
