@@ -183,6 +183,7 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False) -
         if os.environ.get("PSGD_DEBUG") or not isinstance(exc, PsgdError):
             traceback.print_exc()
         sys.stderr.flush()
+        time.sleep(0.5)  # let mpiexec forward that line before Abort tears the job down
         comm.Abort(EXIT_FAILED)
         return EXIT_FAILED
 

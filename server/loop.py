@@ -120,8 +120,18 @@ class Server:
 
     def _completed(self):
         """Indices of workers whose posted receive has completed (status in self.statuses)."""
-        return [j for j, req in enumerate(self.recv_reqs)
-                if req != MPI.REQUEST_NULL and req.Test(self.statuses[j])]
+        done = []
+        for j, req in enumerate(self.recv_reqs):
+            if req == MPI.REQUEST_NULL:
+                continue
+            try:
+                if req.Test(self.statuses[j]):
+                    done.append(j)
+            except MPI.Exception as exc:  # e.g. MPI_ERR_TRUNCATE: longer than any valid message
+                raise RunError(f"bad message from {self._sender(j)}: MPI could not receive it into "
+                               f"the {self.up_nbytes}-byte buffer that holds the largest valid "
+                               f"message ({exc.Get_error_string().splitlines()[0]})") from None
+        return done
 
     # -- receiving ---------------------------------------------------------------------
 
