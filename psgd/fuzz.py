@@ -532,7 +532,7 @@ class CodecTarget:
         # only where decoding that many coordinates is cheap (the amplification check scales it)
         lim = getattr(self.comps[e["p"]], "max_unchecked_dim", self.base.MAX_UNCHECKED_DIM)
         new = rnd.choice((0, 1, d - 1, d + 1, d + 1, d + 2, d + 4, d + 5, d + 8, 2 * d, d // 2,
-                          2**32 - 1, 2**31, 2**31 - 1, lim + 1, lim if lim <= AMPLIFY_D else lim - 1,
+                          2**32 - 1, 2**31, 2**31 - 1, lim + 1, min(lim, AMPLIFY_D),
                           2**16, AMPLIFY_D, rnd.randrange(2**32),
                           rnd.randrange(1, 5000), 1000, 64, 7))
         new %= 2**32

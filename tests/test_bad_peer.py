@@ -7,9 +7,10 @@ sends a bad message on TAG_UP and waits. The server must turn that into a RunErr
 non-zero well before the subprocess timeout.
 
 Rank 0 also copies its stderr to a file, so the test can tell "the server never said it" from
-"mpiexec lost the line": MPICH's hydra sometimes drops a rank's last stderr line when that rank
-calls MPI_Abort right after writing it (reproduced without psgd: print + flush + Abort loses
-the line in about 1 of 40 runs on this machine).
+"mpiexec lost the line": MPICH's hydra can drop a rank's last stderr line when that rank calls
+MPI_Abort right after writing it (reproduced without psgd: print + flush + Abort lost the line
+in 1 of 40 runs here, a 0.2 s pause in 0 of 40). The launcher now pauses 0.5 s before Abort
+(8c10953); should the line still be lost, the test warns and retries (at most 3 runs).
 """
 
 import os
