@@ -315,3 +315,16 @@ def test_golden_bytes():
 
 
 GOLDEN_NATURAL = "c5010d0009000000" "7e8000817c827f7f81" "9200"
+
+
+@pytest.mark.parametrize("cfg", [dict(name="sign", block_size=5), dict(name="natural"),
+                                 dict(name="natural_dithering", levels=3, block_size=4)], ids=str)
+def test_encode_into_send_buffer(cfg):
+    """Fixed-length codes write straight into a preallocated buffer: same bytes as encode."""
+    c = get_compressor(cfg)
+    x = np.random.default_rng(11).standard_normal(23)
+    buf = np.full(c.max_nbytes(23) + 5, 0xEE, np.uint8)
+    n = c.encode_into(x, np.random.default_rng(3), buf)
+    assert n == c.nbytes(23)
+    assert buf[:n].tobytes() == c.encode(x, np.random.default_rng(3)).tobytes()
+    assert np.all(buf[n:] == 0xEE)

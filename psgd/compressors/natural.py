@@ -68,11 +68,15 @@ class Natural(Compressor):
 
     def _encode(self, x, rng, key):
         out = np.empty(kernels.natural_nbytes(x.size), dtype=np.uint8)
+        self._encode_into(x, rng, key, out)
+        return out
+
+    def _encode_into(self, x, rng, key, out):
+        """Fixed length: write the payload straight into ``out`` (the runtime's send buffer)."""
         try:
             kernels.natural_encode(x, _seed(rng), out)
         except ValueError:
             raise ValueError(f"{self.name}: x holds NaN or Inf, or |x_i| >= 2^128") from None
-        return out
 
     def _decode_add(self, payload, d, out, weight, key):
         with np.errstate(over="ignore"):      # 2^128 into float32 is inf, as documented
@@ -113,15 +117,18 @@ class NaturalDithering(Compressor):
         return kernels.natdither_nbytes(d, resolve_block_size(self.block_size, d), self.levels)
 
     def _encode(self, x, rng, key):
-        d = x.size
-        bs = resolve_block_size(self.block_size, d)
+        out = np.empty(self._nbytes(x.size), dtype=np.uint8)
+        self._encode_into(x, rng, key, out)
+        return out
+
+    def _encode_into(self, x, rng, key, out):
+        """Fixed length: write the payload straight into ``out`` (the runtime's send buffer)."""
+        bs = resolve_block_size(self.block_size, x.size)
         scales = kernels.block_scales(x, bs, _NORM_CODES[self.norm])
         if not np.isfinite(scales).all():
             raise ValueError(f"{self.name}: x holds NaN or Inf, or a block's {self.norm}-norm "
                              "overflows float32")
-        out = np.empty(self._nbytes(d), dtype=np.uint8)
         kernels.natdither_encode(x, scales, bs, self.levels, _seed(rng), out)
-        return out
 
     def _decode_add(self, payload, d, out, weight, key):
         bs = resolve_block_size(self.block_size, d)

@@ -42,14 +42,18 @@ class Sign(Compressor):
     params = {"block_size": Nullable(Int(1), default=None, doc="null: one block")}
 
     def _encode(self, x, rng, key):
+        out = np.empty(self._payload_nbytes(x.size), dtype=np.uint8)
+        self._encode_into(x, rng, key, out)
+        return out
+
+    def _encode_into(self, x, rng, key, out):
+        """Fixed length: write the payload straight into ``out`` (the runtime's send buffer)."""
         bs = resolve_block_size(self.block_size, x.size)
-        out = np.empty(kernels.sign_nbytes(x.size, bs), dtype=np.uint8)
         try:
             kernels.sign_encode(x, bs, out)
         except ValueError:
             raise ValueError(f"{self.name}: x holds NaN or Inf, or a block's mean |x| "
                              "overflows float32") from None
-        return out
 
     def _decode_add(self, payload, d, out, weight, key):
         bs = resolve_block_size(self.block_size, d)
