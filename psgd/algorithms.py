@@ -312,6 +312,11 @@ class EF21(Algorithm):
     forms = ("table",)
 
     @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        _require_contraction(cfg)
+
+    @classmethod
     def resolve(cls, cfg, compressor, consts, weights, tau):
         a = cfg["algorithm"]
         g, scale = _ef21_step(compressor, consts, weights)
@@ -346,6 +351,11 @@ class EF(Algorithm):
     forms = ("direct",)
 
     @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        _require_contraction(cfg)
+
+    @classmethod
     def resolve(cls, cfg, compressor, consts, weights, tau):
         a = cfg["algorithm"]
         # HEURISTIC: the EF21 step for the same contraction (the classic EF analyses
@@ -376,6 +386,14 @@ def _require_unbiased(cfg):
                           f"(use ef or ef21 with biased ones)")
 
 
+def _require_contraction(cfg):
+    """At validation time d is unknown; a compressor that is no contraction at d = 1024
+    (rounding: delta = 1 for every d) is refused here with the same message as at run time."""
+    from .compressors import get_compressor
+
+    _contraction(get_compressor(cfg["compressor"]), 1024)
+
+
 def _ef21_step(compressor, consts, weights):
     """EF21's theorem step (proven, sync) and the message scale for ``compressor``.
 
@@ -399,7 +417,12 @@ def _contraction(compressor, d):
     if compressor.unbiased:
         omega = compressor.omega(d)
         return omega / (1.0 + omega), 1.0 / (1.0 + omega)
-    return compressor.delta(d), 1.0
+    delta = compressor.delta(d)
+    if not delta < 1.0:
+        raise ConfigError(f"compressor.name: got {compressor.name!r} with delta = {delta:g}, which "
+                          f"is no contraction; allowed for error feedback: a compressor with "
+                          f"delta < 1 (e.g. top_k, sign) or an unbiased one")
+    return delta, 1.0
 
 
 def get_algorithm_class(name):

@@ -79,5 +79,10 @@ def test_async_diana_reaches_1e_8_on_a9a_where_dqgd_stalls(run_psgd, data_dir):
     dqgd = run_psgd(5, a9a_cfg("dqgd", 2000), timeout=400, out="dqgd")
     assert dqgd.returncode == 0, dqgd.stderr
     assert dqgd.summary["staleness_max"] <= 3
-    tail = [r["subopt"] for r in dqgd.metrics if r["step"] >= 1000]
-    assert min(tail) > 1e-6, f"async DQGD went below 1e-6 ({min(tail):.3e})"
+    # DQGD stalls: no progress over its second half, at a plateau set by gamma * omega
+    # (measured median ~1.4e-6 with single records down to ~8e-7; DIANA goes on below 1e-8)
+    first = np.median([r["subopt"] for r in dqgd.metrics if 1000 <= r["step"] < 1500])
+    last = np.median([r["subopt"] for r in dqgd.metrics if r["step"] >= 1500])
+    assert last > 5e-7, f"async DQGD's plateau is {last:.3e}; expected a stall near 1e-6"
+    assert last > 0.3 * first, f"async DQGD kept improving ({first:.3e} -> {last:.3e})"
+    assert last > 50 * best

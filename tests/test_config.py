@@ -58,6 +58,8 @@ BAD = [
     ({**GOOD, "seed": "abc"}, [], "seed: got 'abc'"),
     ({**GOOD, "algorithm": {"name": "gd"}}, [], "compressor.name: got 'random_dithering'"),
     (with_("algorithm", name="ef21", async_form="direct"), [], "algorithm.async_form: got 'direct'"),
+    ({**GOOD, "algorithm": {"name": "ef21"}, "compressor": {"name": "rounding", "resolution": 0.1}},
+     [], "which is no contraction"),
     ("run: {iterations: [1, 2\n", [], "not valid YAML"),
     ("- just\n- a list\n", [], "config: got a list"),
     (GOOD, ["run.iterations"], "expected key.path=value"),
