@@ -97,6 +97,8 @@ class Algorithm:
     forms = ("table", "direct")
     #: worker memory kind: None, "shift" (DIANA h_i), "error" (EF e_i), "ef21" (g_i)
     memory = None
+    #: what the compressor must be: None, "unbiased" (dqgd, diana) or "contraction" (ef, ef21)
+    requires = None
 
     def __init__(self, cfg: dict, hyper: Hyper, weights: np.ndarray):
         self.cfg = cfg
@@ -112,6 +114,10 @@ class Algorithm:
         if form is not None and form not in cls.forms:
             raise ConfigError(f"algorithm.async_form: got {form!r}; allowed for {cls.name}: "
                               f"{', '.join(cls.forms)}")
+        if cls.requires == "unbiased":
+            _require_unbiased(cfg)
+        elif cls.requires == "contraction":
+            _require_contraction(cfg)
         if not cls.compressed and cfg["compressor"]["name"] != "identity":
             raise ConfigError(f"compressor.name: got {cfg['compressor']['name']!r}; allowed: identity "
                               f"(algorithm {cls.name} sends uncompressed gradients; use dqgd or diana "
@@ -234,12 +240,8 @@ class DQGD(Algorithm):
     """Distributed quantized GD: workers send Q(grad f_i); QSGD/TernGrad are dqgd + their quantizer."""
 
     name = "dqgd"
+    requires = "unbiased"
     params = {**COMMON_PARAMS, "momentum": Real(0, 1, closed="left", default=0.0)}
-
-    @classmethod
-    def check_config(cls, cfg):
-        super().check_config(cfg)
-        _require_unbiased(cfg)
 
     @classmethod
     def resolve(cls, cfg, compressor, consts, weights, tau):
@@ -261,15 +263,11 @@ class DIANA(Algorithm):
     """DIANA (Mishchenko et al., Algorithm 1): compress g_i - h_i, learn the shifts h_i."""
 
     name = "diana"
+    requires = "unbiased"
     memory = "shift"
     params = {**COMMON_PARAMS,
               "alpha": AnyOf(Choice("theory"), Real(0, 1, closed="right"), default="theory"),
               "momentum": Real(0, 1, closed="left", default=0.0)}
-
-    @classmethod
-    def check_config(cls, cfg):
-        super().check_config(cfg)
-        _require_unbiased(cfg)
 
     @classmethod
     def resolve(cls, cfg, compressor, consts, weights, tau):
@@ -308,13 +306,9 @@ class EF21(Algorithm):
     """EF21 (Richtarik, Sokolov & Fatkhullin 2021): workers send C(grad_i - g_i), g_i += C(.)."""
 
     name = "ef21"
+    requires = "contraction"
     memory = "ef21"
     forms = ("table",)
-
-    @classmethod
-    def check_config(cls, cfg):
-        super().check_config(cfg)
-        _require_contraction(cfg)
 
     @classmethod
     def resolve(cls, cfg, compressor, consts, weights, tau):
@@ -347,13 +341,9 @@ class EF(Algorithm):
     """
 
     name = "ef"
+    requires = "contraction"
     memory = "error"
     forms = ("direct",)
-
-    @classmethod
-    def check_config(cls, cfg):
-        super().check_config(cfg)
-        _require_contraction(cfg)
 
     @classmethod
     def resolve(cls, cfg, compressor, consts, weights, tau):

@@ -60,6 +60,7 @@ BAD = [
     (with_("algorithm", name="ef21", async_form="direct"), [], "algorithm.async_form: got 'direct'"),
     ({**GOOD, "algorithm": {"name": "ef21"}, "compressor": {"name": "rounding", "resolution": 0.1}},
      [], "which is no contraction"),
+    ({**GOOD, "compressor": {"name": "top_k", "ratio": 0.1}}, [], "which is biased"),
     ("run: {iterations: [1, 2\n", [], "not valid YAML"),
     ("- just\n- a list\n", [], "config: got a list"),
     (GOOD, ["run.iterations"], "expected key.path=value"),
