@@ -87,6 +87,14 @@ def commit(out_dir: str, step: int) -> None:
             shutil.rmtree(os.path.join(root(out_dir), name), ignore_errors=True)
 
 
+def write_error(out_dir: str, step: int, exc: OSError, who: str = "") -> RunError:
+    """The one-line error for a checkpoint that could not be written (full disk, ...)."""
+    prev = latest(out_dir)
+    kept = f"step {prev}" if prev is not None else "none"
+    return RunError(f"{who}checkpoint at step {step} could not be written "
+                    f"({exc.strerror or exc}); the previous checkpoint ({kept}) is intact")
+
+
 def latest(out_dir: str) -> int | None:
     """The committed checkpoint step in out_dir, or None."""
     path = os.path.join(root(out_dir), LATEST)

@@ -258,7 +258,7 @@ class Server:
         try:
             os.makedirs(checkpoint.step_dir(out, k), exist_ok=True)
         except OSError as exc:
-            raise self._checkpoint_error(k, exc) from None
+            raise checkpoint.write_error(self.ctx.cfg["output"]["dir"], k, exc) from None
         for j in range(self.n):   # control messages: not counted as optimization traffic
             wait(self.send_reqs[j], self.timeout, f"the model send to {self._sender(j)}")
             n = wire.pack_into(self.send_bufs[j], wire.CKPT, j, k, self.seq_out[j], b"")
@@ -291,14 +291,8 @@ class Server:
                                    self._state_arrays())
             checkpoint.commit(out, k)
         except OSError as exc:
-            raise self._checkpoint_error(k, exc) from None
+            raise checkpoint.write_error(self.ctx.cfg["output"]["dir"], k, exc) from None
         print(f"checkpoint: step {k} written to {checkpoint.step_dir(out, k)}", flush=True)
-
-    def _checkpoint_error(self, k, exc):
-        prev = checkpoint.latest(self.ctx.cfg["output"]["dir"])
-        kept = f"step {prev}" if prev is not None else "none"
-        return RunError(f"checkpoint at step {k} could not be written ({exc.strerror or exc}); "
-                        f"the previous checkpoint ({kept}) is intact")
 
     def _state_arrays(self) -> dict:
         ss = self.state

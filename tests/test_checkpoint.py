@@ -168,3 +168,46 @@ def test_atomic_write_failure_leaves_old_file(tmp_path, monkeypatch):
         checkpoint.save_arrays(str(path), {"a": np.arange(5)})
     assert list(checkpoint.load_arrays(str(path))["a"]) == [0, 1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npz"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs: a real disk that can be filled (needs root and mount)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("filling a real disk needs root to mount a small tmpfs")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path, small_disk):
+    out = small_disk / "run"
+    proc = start(tmp_path, out, "--set", "run.iterations=100000", "--set", "run.log_every=1000000",
+                 delay=0.003)
+    deadline = time.monotonic() + 60
+    while not ((out / "checkpoints" / "latest.json").exists() and checkpoint.latest(str(out)) >= 25):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    with open(small_disk / "filler", "wb") as fh:  # take every remaining block
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    code, _, err = finish(proc, timeout=60)
+    assert code == 1, err
+    assert "could not be written" in err, err
+    line = next(l for l in err.splitlines() if "could not be written" in l)
+    kept = checkpoint.latest(str(out))
+    assert "No space left on device" in line and f"(step {kept}) is intact" in line
+    assert "x" in checkpoint.load_arrays(str(checkpoint.step_dir(str(out), kept) + "/server.npz"))
+    (small_disk / "filler").unlink()
+    code, _, err = finish(start(tmp_path, out, "--resume", "--set", f"run.iterations={kept + 30}"))
+    assert code == 0, err
+    assert summary(out)["iterations"] == kept + 30

@@ -96,10 +96,14 @@ class Worker:
 
     def _checkpoint(self, step):
         """Write this worker's state for the server's checkpoint ``step``, then ACK."""
-        checkpoint.save_arrays(self._state_path(step), {
-            "memory": self.state.memory, "x": self.x,
-            "seq": np.array([self.seq_in, self.seq_out]),
-            "rng": checkpoint.rng_state(self.rng), "batch_rng": checkpoint.rng_state(self.batch_rng)})
+        try:
+            checkpoint.save_arrays(self._state_path(step), {
+                "memory": self.state.memory, "x": self.x,
+                "seq": np.array([self.seq_in, self.seq_out]),
+                "rng": checkpoint.rng_state(self.rng), "batch_rng": checkpoint.rng_state(self.batch_rng)})
+        except OSError as exc:
+            raise checkpoint.write_error(self.ctx.cfg["output"]["dir"], step, exc,
+                                         f"worker {self.j}: ") from None
         wait(self.send_req, self.deadline, f"the previous send of worker {self.j}")
         n = wire.pack_into(self.send_buf, wire.ACK, self.j, step, self.seq_out, b"")
         self.send_req = self.comm.Isend([self.send_buf[:n], MPI.BYTE], dest=SERVER, tag=TAG_UP)
