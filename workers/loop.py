@@ -20,13 +20,13 @@ from psgd.errors import RunError, WireFormatError
 
 
 class Worker:
-    def __init__(self, comm, ctx, index: int, state=None):
+    def __init__(self, comm, ctx, index: int):
         self.comm = comm
         self.ctx = ctx
         self.j = index
         self.d = ctx.d
         self.objective = ctx.ps.local(index)
-        self.state = state if state is not None else ctx.alg.worker_init(self.d)
+        self.state = ctx.alg.worker_init(self.d)
         self.rng, self.batch_rng = ctx.worker_rngs(index)
         self.delay = float(ctx.cfg["run"]["worker_delay"].get(index, 0.0))
         self.batch_size = ctx.cfg["algorithm"]["batch_size"]
