@@ -39,13 +39,16 @@ def extensions():
         stem = os.path.splitext(os.path.basename(pyx))[0]
         exts.append(Extension(
             f"psgd.{stem}", [pyx],
-            include_dirs=[numpy.get_include()],
+            # cython_ext/ for _common.h, the C helpers shared by all kernels (_common.pxd
+            # declares them); depends puts both in an sdist and rebuilds on a change.
+            include_dirs=[numpy.get_include(), "cython_ext"],
+            depends=["cython_ext/_common.h", "cython_ext/_common.pxd"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             # -O3 for the bit loops; no -march=native (the wheel must run anywhere);
             # no FP contraction so kernels round exactly like their NumPy twins.
             extra_compile_args=["-O3", "-ffp-contract=off"],
         ))
-    return cythonize(exts, language_level=3,
+    return cythonize(exts, language_level=3, include_path=["cython_ext"],
                      compiler_directives={"boundscheck": False, "wraparound": False,
                                           "cdivision": True, "initializedcheck": False})
 

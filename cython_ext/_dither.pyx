@@ -15,38 +15,12 @@ from libc.string cimport memcpy, memset
 
 import numpy as np
 
+from _common cimport (GAMMA, psgd_store_f32le, psgd_load_u32le, psgd_u32_as_f32, psgd_cpu_has_v4,
+                     psgd_set_use_v4, real_in, real_out, _nblocks, isa_variants, use_isa, fill_trits)
+
 cdef extern from *:
     """
-    #include <string.h>
-    #include <math.h>
-    /* SplitMix64 finaliser of z = seed + (i+1)*GAMMA -> a double in [0, 1) (kernels_ref.py).
-       z >> 11 < 2**53, so the signed conversion is exact (and vectorizes on AVX-512). */
-    #define PSGD_GAMMA 0x9E3779B97F4A7C15ULL
-    static inline __attribute__((always_inline)) double psgd_u01(uint64_t z) {
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        z ^= z >> 31;
-        return (double)(int64_t)(z >> 11) * 0x1.0p-53;
-    }
-
-    /* Explicit little-endian loads/stores: the wire format is LE on any host. */
-    static inline void psgd_store_u32le(uint8_t *p, uint32_t u) {
-        p[0] = (uint8_t)u; p[1] = (uint8_t)(u >> 8); p[2] = (uint8_t)(u >> 16); p[3] = (uint8_t)(u >> 24);
-    }
-    static inline void psgd_store_f32le(uint8_t *p, float f) {
-        uint32_t u; memcpy(&u, &f, 4); psgd_store_u32le(p, u);
-    }
-    static inline uint32_t psgd_load_u32le(const uint8_t *p) {
-        return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-    }
-    static inline uint64_t psgd_load_u64le(const uint8_t *p) {
-        uint64_t v; memcpy(&v, p, 8);
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        v = __builtin_bswap64(v);
-    #endif
-        return v;
-    }
-    static inline float psgd_u32_as_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+    #include "_common.h"
 
     /* b-bit codes <-> LSB-first bit stream, for s > 1. A chunk starts on a byte boundary.
        pack writes ceil(n*b/8) bytes plus up to 4 bytes of slack into stage. */
@@ -151,29 +125,6 @@ cdef extern from *:
     PSGD_BODIES(float, f32)
     PSGD_BODIES(double, f64)
 
-    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
-    #define PSGD_HAVE_V4 1
-    #define PSGD_V4 __attribute__((target("arch=x86-64-v4")))
-    #else
-    #define PSGD_HAVE_V4 0
-    #define PSGD_V4
-    #endif
-    static int psgd_use_v4 = 0;   /* set at import from the CPU (tests may switch it) */
-    static int psgd_cpu_has_v4(void) {
-    #if PSGD_HAVE_V4
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("x86-64-v4") != 0;
-    #else
-        return 0;
-    #endif
-    }
-    /* NAME_base and NAME_v4 from NAME_body, and NAME dispatching between them */
-    #define PSGD_MULTIVERSION(NAME, PARAMS, ARGS)                                             \
-    static void NAME##_base PARAMS { NAME##_body ARGS; }                                      \
-    PSGD_V4 static void NAME##_v4 PARAMS { NAME##_body ARGS; }                                \
-    static inline void NAME PARAMS {                                                          \
-        if (PSGD_HAVE_V4 && psgd_use_v4) NAME##_v4 ARGS; else NAME##_base ARGS;               \
-    }
     #define PSGD_ALL(T, SFX)                                                                  \
     PSGD_MULTIVERSION(psgd_trits_##SFX, (const T *x, Py_ssize_t n, double t, uint64_t z,      \
                       uint8_t *tr), (x, n, t, z, tr))                                         \
@@ -185,12 +136,6 @@ cdef extern from *:
     PSGD_ALL(float, f32)
     PSGD_ALL(double, f64)
     """
-    const uint64_t GAMMA "PSGD_GAMMA"
-    int psgd_use_v4
-    int psgd_cpu_has_v4() noexcept nogil
-    void psgd_store_f32le(uint8_t *p, float f) noexcept nogil
-    uint32_t psgd_load_u32le(const uint8_t *p) noexcept nogil
-    float psgd_u32_as_f32(uint32_t u) noexcept nogil
     Py_ssize_t psgd_pack(const uint32_t *c, Py_ssize_t n, int b, uint8_t *stage) noexcept nogil
     void psgd_unpack(const uint8_t *sym, Py_ssize_t avail, Py_ssize_t n, int b, uint32_t *c) noexcept nogil
     void psgd_trits_f32(const float *x, Py_ssize_t n, double t, uint64_t z, uint8_t *tr) noexcept nogil
@@ -206,20 +151,17 @@ cdef extern from *:
     void psgd_absmax_f32(const float *x, Py_ssize_t n, double *r) noexcept nogil
     void psgd_absmax_f64(const double *x, Py_ssize_t n, double *r) noexcept nogil
 
-psgd_use_v4 = psgd_cpu_has_v4()
+psgd_set_use_v4(psgd_cpu_has_v4())
 
 
 def _isa_variants():
     """The quantizer builds this CPU can run, e.g. ['baseline', 'x86-64-v4'] (for tests)."""
-    return ["baseline"] + (["x86-64-v4"] if psgd_cpu_has_v4() else [])
+    return isa_variants()
 
 
 def _use_isa(name):
     """Select a quantizer build from :func:`_isa_variants` (tests compare each with the twin)."""
-    global psgd_use_v4
-    if name not in _isa_variants():
-        raise ValueError(f"ISA variant {name!r} is not available; have {_isa_variants()}")
-    psgd_use_v4 = name == "x86-64-v4"
+    use_isa(name)
 
 
 # Must equal the constants of psgd/kernels_ref.py (tests/test_kernels.py checks).
@@ -238,26 +180,9 @@ ERR_OK, ERR_SCALE, ERR_TRIT, ERR_LEVEL, ERR_SIGN, ERR_PADDING = (
     C_ERR_OK, C_ERR_SCALE, C_ERR_TRIT, C_ERR_LEVEL, C_ERR_SIGN, C_ERR_PADDING)
 MAX_LEVELS = 2**31 - 1
 
-ctypedef fused real_in:
-    float
-    double
-
-ctypedef fused real_out:
-    float
-    double
-
 # _TRITS[5*byte + m] = trit m of byte (byte < 243): the decode lookup table.
 cdef uint8_t _TRITS[243 * 5]
-cdef int _b, _m, _v
-for _b in range(243):
-    _v = _b
-    for _m in range(5):
-        _TRITS[5 * _b + _m] = _v % 3
-        _v //= 3
-
-
-cdef inline Py_ssize_t _nblocks(Py_ssize_t d, Py_ssize_t bs) noexcept nogil:
-    return (d + bs - 1) // bs
+fill_trits(_TRITS)
 
 
 cdef inline Py_ssize_t _symbol_bits(Py_ssize_t levels) noexcept nogil:

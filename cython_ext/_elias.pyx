@@ -15,29 +15,16 @@ from libc.string cimport memset
 
 import numpy as np
 
+from _common cimport (GAMMA, psgd_store_f32le, psgd_load_u32le, psgd_u32_as_f32, psgd_cpu_has_v4,
+                     psgd_set_use_v4, real_in, real_out, _nblocks, isa_variants, use_isa)
+
 cdef extern from *:
     """
-    #include <string.h>
-    #include <math.h>
-    #define PSGD_GAMMA 0x9E3779B97F4A7C15ULL
-    static inline __attribute__((always_inline)) double psgd_e_u01(uint64_t z) {
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        z ^= z >> 31;
-        return (double)(int64_t)(z >> 11) * 0x1.0p-53;
-    }
-    static inline void psgd_e_store_f32le(uint8_t *p, float f) {
-        uint32_t u; memcpy(&u, &f, 4);
-        p[0] = (uint8_t)u; p[1] = (uint8_t)(u >> 8); p[2] = (uint8_t)(u >> 16); p[3] = (uint8_t)(u >> 24);
-    }
-    static inline uint32_t psgd_e_load_u32le(const uint8_t *p) {
-        return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-    }
-    static inline float psgd_e_u32_as_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+    #include "_common.h"
     /* The random-dithering level code (level << 1 | sign) of n coordinates of one block with
        scale t > 0, exactly as psgd._dither computes it; z = seed + j0 * GAMMA. */
     #define PSGD_E_BODY(SFX, T)                                                               \
-    static inline __attribute__((always_inline)) void psgd_e_codes_body_##SFX(                \
+    static inline __attribute__((always_inline)) void psgd_e_codes_##SFX##_body(                \
             const T *x, Py_ssize_t n, double t, uint32_t levels, uint64_t z, uint32_t *code) {\
         double s = (double)levels;                                                            \
         for (Py_ssize_t k = 0; k < n; k++) {                                                  \
@@ -46,39 +33,16 @@ cdef extern from *:
             int in = y < s;                                                                   \
             double yc = in ? y : 0.0;                                                         \
             double low = (double)(int32_t)yc;                                                 \
-            uint32_t lev = in ? (uint32_t)low + (psgd_e_u01(z + (uint64_t)(k + 1) * PSGD_GAMMA)\
+            uint32_t lev = in ? (uint32_t)low + (psgd_u01(z + (uint64_t)(k + 1) * PSGD_GAMMA)\
                                                  < yc - low) : levels;                        \
             code[k] = (lev << 1) | (uint32_t)((xv < 0) & (lev != 0));                         \
         }                                                                                     \
     }
     PSGD_E_BODY(f32, float)
     PSGD_E_BODY(f64, double)
-    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
-    #define PSGD_E_HAVE_V4 1
-    #define PSGD_E_V4 __attribute__((target("arch=x86-64-v4")))
-    #else
-    #define PSGD_E_HAVE_V4 0
-    #define PSGD_E_V4
-    #endif
-    static int psgd_e_use_v4 = 0;
-    static int psgd_e_cpu_has_v4(void) {
-    #if PSGD_E_HAVE_V4
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("x86-64-v4") != 0;
-    #else
-        return 0;
-    #endif
-    }
     #define PSGD_E_DISPATCH(SFX, T)                                                           \
-    static void psgd_e_codes_base_##SFX(const T *x, Py_ssize_t n, double t, uint32_t s,       \
-            uint64_t z, uint32_t *c) { psgd_e_codes_body_##SFX(x, n, t, s, z, c); }           \
-    PSGD_E_V4 static void psgd_e_codes_v4_##SFX(const T *x, Py_ssize_t n, double t, uint32_t s,\
-            uint64_t z, uint32_t *c) { psgd_e_codes_body_##SFX(x, n, t, s, z, c); }           \
-    static inline void psgd_e_codes_##SFX(const T *x, Py_ssize_t n, double t, uint32_t s,     \
-                                          uint64_t z, uint32_t *c) {                          \
-        if (PSGD_E_HAVE_V4 && psgd_e_use_v4) psgd_e_codes_v4_##SFX(x, n, t, s, z, c);         \
-        else psgd_e_codes_base_##SFX(x, n, t, s, z, c);                                       \
-    }
+    PSGD_MULTIVERSION(psgd_e_codes_##SFX, (const T *x, Py_ssize_t n, double t, uint32_t s,    \
+                      uint64_t z, uint32_t *c), (x, n, t, s, z, c))
     PSGD_E_DISPATCH(f32, float)
     PSGD_E_DISPATCH(f64, double)
 
@@ -192,13 +156,6 @@ cdef extern from *:
         }
     }
     """
-    const uint64_t GAMMA "PSGD_GAMMA"
-    const int HAVE_V4 "PSGD_E_HAVE_V4"
-    int psgd_e_use_v4
-    int psgd_e_cpu_has_v4() noexcept nogil
-    void psgd_e_store_f32le(uint8_t *p, float f) noexcept nogil
-    uint32_t psgd_e_load_u32le(const uint8_t *p) noexcept nogil
-    float psgd_e_u32_as_f32(uint32_t u) noexcept nogil
     void psgd_e_codes_f32(const float *x, Py_ssize_t n, double t, uint32_t s, uint64_t z,
                           uint32_t *code) noexcept nogil
     void psgd_e_codes_f64(const double *x, Py_ssize_t n, double t, uint32_t s, uint64_t z,
@@ -227,21 +184,18 @@ cdef extern from *:
         uint64_t end
     int psgd_br_omega(psgd_br *r, uint64_t *out) noexcept nogil
 
-psgd_e_use_v4 = psgd_e_cpu_has_v4()
+psgd_set_use_v4(psgd_cpu_has_v4())
 psgd_elias_init()
 
 
 def _isa_variants():
     """The quantizer builds this CPU can run, e.g. ['baseline', 'x86-64-v4'] (for tests)."""
-    return ["baseline"] + (["x86-64-v4"] if psgd_e_cpu_has_v4() else [])
+    return isa_variants()
 
 
 def _use_isa(name):
     """Select a quantizer build from :func:`_isa_variants` (tests compare each with the twin)."""
-    global psgd_e_use_v4
-    if name not in _isa_variants():
-        raise ValueError(f"ISA variant {name!r} is not available; have {_isa_variants()}")
-    psgd_e_use_v4 = name == "x86-64-v4"
+    use_isa(name)
 
 
 # Must equal the constants of psgd/kernels_ref.py (tests check).
@@ -256,19 +210,6 @@ cdef enum:
     C_ERR_RANGE = 19
 ERR_STREAM, ERR_RANGE = C_ERR_STREAM, C_ERR_RANGE
 MAX_LEVELS = 2**31 - 1
-
-ctypedef fused real_in:
-    float
-    double
-
-ctypedef fused real_out:
-    float
-    double
-
-
-cdef inline Py_ssize_t _nblocks(Py_ssize_t d, Py_ssize_t bs) noexcept nogil:
-    return (d + bs - 1) // bs
-
 
 cdef _check(Py_ssize_t d, Py_ssize_t block_size, Py_ssize_t levels):
     if block_size < 1:
@@ -312,7 +253,7 @@ def elias_encode(const real_in[::1] x, const float[::1] scales, Py_ssize_t block
     cdef uint32_t c
     with nogil:
         for i in range(nb):
-            psgd_e_store_f32le(&out[4 * i], scales[i] + <float>0.0)
+            psgd_store_f32le(&out[4 * i], scales[i] + <float>0.0)
         # pass 1: count the nonzeros (the count code comes first)
         for blk in range(nb):
             end = j + block_size if d - j > block_size else d
@@ -367,10 +308,10 @@ def elias_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_
     cdef float[::1] scales = scales_arr
     cdef uint32_t u
     for i in range(nb):
-        u = psgd_e_load_u32le(&payload[4 * i])
+        u = psgd_load_u32le(&payload[4 * i])
         if (u >> 31) or ((u >> 23) & 0xFF) == 0xFF:
             return C_ERR_SCALE, i
-        scales[i] = psgd_e_u32_as_f32(u)
+        scales[i] = psgd_u32_as_f32(u)
     cdef psgd_br r
     r.buf = &payload[4 * nb] if n > 4 * nb else NULL
     r.pos = 0

@@ -12,26 +12,13 @@ from libc.string cimport memset
 
 import numpy as np
 
+from _common cimport (GAMMA, psgd_mix64, psgd_f32_bits, psgd_f64_bits, psgd_u32_as_f32, psgd_store_f32le,
+                     psgd_load_u32le, psgd_cpu_has_v4, psgd_set_use_v4, real_in, real_out, _nblocks,
+                     isa_variants, use_isa, check_block_size)
+
 cdef extern from *:
     """
-    #include <string.h>
-    #include <math.h>
-    #define PSGD_GAMMA 0x9E3779B97F4A7C15ULL
-    static inline uint64_t psgd_mix64(uint64_t z) {
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        return z ^ (z >> 31);
-    }
-    static inline uint32_t psgd_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-    static inline uint64_t psgd_f64_bits(double f) { uint64_t u; memcpy(&u, &f, 8); return u; }
-    static inline float psgd_u32_as_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-    static inline void psgd_store_f32le(uint8_t *p, float f) {
-        uint32_t u; memcpy(&u, &f, 4);
-        p[0] = (uint8_t)u; p[1] = (uint8_t)(u >> 8); p[2] = (uint8_t)(u >> 16); p[3] = (uint8_t)(u >> 24);
-    }
-    static inline uint32_t psgd_load_u32le(const uint8_t *p) {
-        return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-    }
+    #include "_common.h"
     /* rint(v) for |v| < 2^51 in round-to-nearest-even (what np.rint does), without a libm
        call on baseline x86-64; for larger |v| the result is still >= 2^50 in magnitude
        (or NaN), which the range check rejects. */
@@ -105,7 +92,7 @@ cdef extern from *:
        z = seed + j0 * GAMMA for the chunk's first coordinate j0. */
     /* natural compression: exponent code and sign flag per coordinate; returns nonzero if
        some |x| is NaN, Inf or >= 2^128 */
-    static inline __attribute__((always_inline)) int psgd_nat_body_f32(
+    static inline __attribute__((always_inline)) int psgd_nat_f32_body(
             const float *x, Py_ssize_t n, uint64_t z, uint8_t *code, uint8_t *sgn) {
         uint32_t bad = 0;
         for (Py_ssize_t k = 0; k < n; k++) {
@@ -119,7 +106,7 @@ cdef extern from *:
         }
         return bad != 0;
     }
-    static inline __attribute__((always_inline)) int psgd_nat_body_f64(
+    static inline __attribute__((always_inline)) int psgd_nat_f64_body(
             const double *x, Py_ssize_t n, uint64_t z, uint8_t *code, uint8_t *sgn) {
         uint32_t bad = 0;
         for (Py_ssize_t k = 0; k < n; k++) {
@@ -140,7 +127,7 @@ cdef extern from *:
     /* natural dithering: code = sign + 2 level for the n coordinates of one block with
        scale t > 0; p2 = 2^(s-1) */
     #define PSGD_NATD_BODY(SFX, T)                                                            \
-    static inline __attribute__((always_inline)) void psgd_natd_body_##SFX(                   \
+    static inline __attribute__((always_inline)) void psgd_natd_##SFX##_body(                   \
             const T *x, Py_ssize_t n, double t, uint32_t s, double p2, uint64_t z,            \
             uint32_t *code) {                                                                 \
         /* all 64-bit and select-by-mask: with FP compares, ?: would block if-conversion     \
@@ -165,13 +152,6 @@ cdef extern from *:
 
     /* ---- b-bit codes (b <= 32) of an LSB-first stream of nbytes bytes: code k is at bit
        bit0 + k b. One unaligned little-endian 64-bit load per code (byte-wise at the end). */
-    static inline uint64_t psgd_load_u64le(const uint8_t *p) {
-        uint64_t w; memcpy(&w, p, 8);
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        w = __builtin_bswap64(w);
-    #endif
-        return w;
-    }
     static void psgd_unpack(const uint8_t *s, Py_ssize_t nbytes, uint64_t bit0, int b,
                             Py_ssize_t n, uint32_t *c) {
         const uint64_t mask = (1ULL << b) - 1;   /* b <= 32 */
@@ -187,7 +167,7 @@ cdef extern from *:
     /* ---- rounding: zig-zag codes of q = rint(x / res) for n coordinates; returns the OR of
        the codes, or sets *bad if some |q| > 2^31 - 1 (or is NaN) */
     #define PSGD_ROUND_BODY(SFX, T)                                                           \
-    static inline __attribute__((always_inline)) uint64_t psgd_round_body_##SFX(             \
+    static inline __attribute__((always_inline)) uint64_t psgd_round_##SFX##_body(             \
             const T *x, Py_ssize_t n, double res, uint32_t *code, int *bad) {                 \
         uint64_t orv = 0, badv = 0;                                                           \
         for (Py_ssize_t k = 0; k < n; k++) {                                                  \
@@ -210,7 +190,7 @@ cdef extern from *:
 
     /* ---- decode-side accumulation of unpacked codes */
     #define PSGD_ADD_BODIES(SFX, T)                                                           \
-    static inline __attribute__((always_inline)) void psgd_natd_add_body_##SFX(               \
+    static inline __attribute__((always_inline)) void psgd_natd_add_##SFX##_body(               \
             const uint32_t *c, Py_ssize_t n, double t, const double *lut, double w, T *out) { \
         for (Py_ssize_t k = 0; k < n; k++) {                                                  \
             uint64_t u = psgd_f64_bits(t * lut[c[k] >> 1]) ^ ((uint64_t)(c[k] & 1) << 63);    \
@@ -218,7 +198,7 @@ cdef extern from *:
             out[k] += (T)(w * v);                                                             \
         }                                                                                     \
     }                                                                                         \
-    static inline __attribute__((always_inline)) void psgd_round_add_body_##SFX(              \
+    static inline __attribute__((always_inline)) void psgd_round_add_##SFX##_body(              \
             const uint32_t *c, Py_ssize_t n, double res, double w, T *out) {                  \
         for (Py_ssize_t k = 0; k < n; k++) {                                                  \
             int64_t q = (int64_t)(c[k] >> 1) ^ -(int64_t)(c[k] & 1);                          \
@@ -229,47 +209,17 @@ cdef extern from *:
     PSGD_ADD_BODIES(f64, double)
     PSGD_NATD_BODY(f64, double)
 
-    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
-    #define PSGD_Q_HAVE_V4 1
-    #define PSGD_Q_V4 __attribute__((target("arch=x86-64-v4")))
-    #else
-    #define PSGD_Q_HAVE_V4 0
-    #define PSGD_Q_V4
-    #endif
-    static int psgd_q_use_v4 = 0;
-    static int psgd_q_cpu_has_v4(void) {
-    #if PSGD_Q_HAVE_V4
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("x86-64-v4") != 0;
-    #else
-        return 0;
-    #endif
-    }
     #define PSGD_Q_DISPATCH(SFX, T)                                                           \
-    static int psgd_nat_base_##SFX(const T *x, Py_ssize_t n, uint64_t z, uint8_t *c,          \
-                                   uint8_t *g) { return psgd_nat_body_##SFX(x, n, z, c, g); } \
-    PSGD_Q_V4 static int psgd_nat_v4_##SFX(const T *x, Py_ssize_t n, uint64_t z, uint8_t *c,  \
-                                   uint8_t *g) { return psgd_nat_body_##SFX(x, n, z, c, g); } \
-    static inline int psgd_nat_##SFX(const T *x, Py_ssize_t n, uint64_t z, uint8_t *c,        \
-                                     uint8_t *g) {                                            \
-        return (PSGD_Q_HAVE_V4 && psgd_q_use_v4) ? psgd_nat_v4_##SFX(x, n, z, c, g)           \
-                                                 : psgd_nat_base_##SFX(x, n, z, c, g);        \
-    }                                                                                         \
-    static void psgd_natd_base_##SFX(const T *x, Py_ssize_t n, double t, uint32_t s,          \
-            double p2, uint64_t z, uint32_t *c) { psgd_natd_body_##SFX(x, n, t, s, p2, z, c); }\
-    PSGD_Q_V4 static void psgd_natd_v4_##SFX(const T *x, Py_ssize_t n, double t, uint32_t s,  \
-            double p2, uint64_t z, uint32_t *c) { psgd_natd_body_##SFX(x, n, t, s, p2, z, c); }\
-    static inline void psgd_natd_##SFX(const T *x, Py_ssize_t n, double t, uint32_t s,        \
-                                       double p2, uint64_t z, uint32_t *c) {                  \
-        if (PSGD_Q_HAVE_V4 && psgd_q_use_v4) psgd_natd_v4_##SFX(x, n, t, s, p2, z, c);        \
-        else psgd_natd_base_##SFX(x, n, t, s, p2, z, c);                                      \
-    }
+    PSGD_MULTIVERSION_RET(int, psgd_nat_##SFX, (const T *x, Py_ssize_t n, uint64_t z,         \
+                          uint8_t *c, uint8_t *g), (x, n, z, c, g))                           \
+    PSGD_MULTIVERSION(psgd_natd_##SFX, (const T *x, Py_ssize_t n, double t, uint32_t s,       \
+                      double p2, uint64_t z, uint32_t *c), (x, n, t, s, p2, z, c))
     PSGD_Q_DISPATCH(f32, float)
     PSGD_Q_DISPATCH(f64, double)
 
     /* ---- scaled sign with AVX2 (vmovmskps, 4-wide double lanes), used with the x86-64-v4
        build (v4 implies v3). Same lane sums in the same order as the generic loops. */
-    #if PSGD_Q_HAVE_V4
+    #if PSGD_HAVE_V4
     #include <immintrin.h>
     #define PSGD_V3 __attribute__((target("arch=x86-64-v3")))
     PSGD_V3 static Py_ssize_t psgd_sign_fast_f32(const float *x, Py_ssize_t n, uint8_t *o, double *lane) {
@@ -331,7 +281,7 @@ cdef extern from *:
     #define PSGD_SIGN_DISPATCH(SFX, T)                                                        \
     static void psgd_sign_block_##SFX(const T *x, Py_ssize_t n, Py_ssize_t bit0, uint8_t *bits, \
                                       double *lane) {                                         \
-        if (PSGD_Q_HAVE_V4 && psgd_q_use_v4 && (bit0 & 7) == 0 && n >= 8) {                   \
+        if (PSGD_HAVE_V4 && psgd_use_v4 && (bit0 & 7) == 0 && n >= 8) {                   \
             double l8[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                          \
             Py_ssize_t done = PSGD_SIGN_FAST(SFX)(x, n, bits + (bit0 >> 3), l8);              \
             double rest[8];                                                                   \
@@ -351,11 +301,11 @@ cdef extern from *:
     static void psgd_sign_add_##SFX(const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t n,       \
                                     T pos, T neg, T *out) {                                   \
         Py_ssize_t done = 0;                                                                  \
-        if (PSGD_Q_HAVE_V4 && psgd_q_use_v4 && (bit0 & 7) == 0)                               \
+        if (PSGD_HAVE_V4 && psgd_use_v4 && (bit0 & 7) == 0)                               \
             done = PSGD_SIGN_ADDFAST(SFX)(bits + (bit0 >> 3), n, pos, neg, out);              \
         psgd_sign_add_gen_##SFX(bits, bit0 + done, n - done, pos, neg, out + done);           \
     }
-    #if PSGD_Q_HAVE_V4
+    #if PSGD_HAVE_V4
     #define PSGD_SIGN_FAST(SFX) psgd_sign_fast_##SFX
     #define PSGD_SIGN_ADDFAST(SFX) psgd_sign_addfast_##SFX
     #else
@@ -367,33 +317,12 @@ cdef extern from *:
     PSGD_SIGN_DISPATCH(f32, float)
     PSGD_SIGN_DISPATCH(f64, double)
     #define PSGD_Q_DISPATCH2(SFX, T)                                                          \
-    static uint64_t psgd_round_base_##SFX(const T *x, Py_ssize_t n, double r, uint32_t *c,    \
-                                          int *b) { return psgd_round_body_##SFX(x, n, r, c, b); } \
-    PSGD_Q_V4 static uint64_t psgd_round_v4_##SFX(const T *x, Py_ssize_t n, double r,         \
-            uint32_t *c, int *b) { return psgd_round_body_##SFX(x, n, r, c, b); }             \
-    static inline uint64_t psgd_round_##SFX(const T *x, Py_ssize_t n, double r, uint32_t *c,  \
-                                            int *b) {                                         \
-        return (PSGD_Q_HAVE_V4 && psgd_q_use_v4) ? psgd_round_v4_##SFX(x, n, r, c, b)         \
-                                                 : psgd_round_base_##SFX(x, n, r, c, b);      \
-    }                                                                                         \
-    static void psgd_natd_add_base_##SFX(const uint32_t *c, Py_ssize_t n, double t,           \
-            const double *l, double w, T *o) { psgd_natd_add_body_##SFX(c, n, t, l, w, o); }  \
-    PSGD_Q_V4 static void psgd_natd_add_v4_##SFX(const uint32_t *c, Py_ssize_t n, double t,   \
-            const double *l, double w, T *o) { psgd_natd_add_body_##SFX(c, n, t, l, w, o); }  \
-    static inline void psgd_natd_add_##SFX(const uint32_t *c, Py_ssize_t n, double t,         \
-                                           const double *l, double w, T *o) {                 \
-        if (PSGD_Q_HAVE_V4 && psgd_q_use_v4) psgd_natd_add_v4_##SFX(c, n, t, l, w, o);        \
-        else psgd_natd_add_base_##SFX(c, n, t, l, w, o);                                      \
-    }                                                                                         \
-    static void psgd_round_add_base_##SFX(const uint32_t *c, Py_ssize_t n, double r, double w,\
-            T *o) { psgd_round_add_body_##SFX(c, n, r, w, o); }                               \
-    PSGD_Q_V4 static void psgd_round_add_v4_##SFX(const uint32_t *c, Py_ssize_t n, double r,  \
-            double w, T *o) { psgd_round_add_body_##SFX(c, n, r, w, o); }                     \
-    static inline void psgd_round_add_##SFX(const uint32_t *c, Py_ssize_t n, double r,        \
-                                            double w, T *o) {                                 \
-        if (PSGD_Q_HAVE_V4 && psgd_q_use_v4) psgd_round_add_v4_##SFX(c, n, r, w, o);          \
-        else psgd_round_add_base_##SFX(c, n, r, w, o);                                        \
-    }
+    PSGD_MULTIVERSION_RET(uint64_t, psgd_round_##SFX, (const T *x, Py_ssize_t n, double r,    \
+                          uint32_t *c, int *b), (x, n, r, c, b))                              \
+    PSGD_MULTIVERSION(psgd_natd_add_##SFX, (const uint32_t *c, Py_ssize_t n, double t,        \
+                      const double *l, double w, T *o), (c, n, t, l, w, o))                   \
+    PSGD_MULTIVERSION(psgd_round_add_##SFX, (const uint32_t *c, Py_ssize_t n, double r,       \
+                      double w, T *o), (c, n, r, w, o))
     PSGD_Q_DISPATCH2(f32, float)
     PSGD_Q_DISPATCH2(f64, double)
 
@@ -423,14 +352,7 @@ cdef extern from *:
     PSGD_NAT_ADD(f32, float)
     PSGD_NAT_ADD(f64, double)
     """
-    const uint64_t GAMMA "PSGD_GAMMA"
-    uint64_t psgd_mix64(uint64_t z) noexcept nogil
-    uint32_t psgd_f32_bits(float f) noexcept nogil
-    uint64_t psgd_f64_bits(double f) noexcept nogil
-    float psgd_u32_as_f32(uint32_t u) noexcept nogil
     double psgd_rint(double v) noexcept nogil
-    void psgd_store_f32le(uint8_t *p, float f) noexcept nogil
-    uint32_t psgd_load_u32le(const uint8_t *p) noexcept nogil
     void psgd_sign_block_f32(const float *x, Py_ssize_t n, Py_ssize_t bit0, uint8_t *bits,
                              double *lane) noexcept nogil
     void psgd_sign_block_f64(const double *x, Py_ssize_t n, Py_ssize_t bit0, uint8_t *bits,
@@ -439,9 +361,6 @@ cdef extern from *:
                            float neg, float *out) noexcept nogil
     void psgd_sign_add_f64(const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t n, double pos,
                            double neg, double *out) noexcept nogil
-    const int HAVE_V4 "PSGD_Q_HAVE_V4"
-    int psgd_q_use_v4
-    int psgd_q_cpu_has_v4() noexcept nogil
     int psgd_nat_f32(const float *x, Py_ssize_t n, uint64_t z, uint8_t *code, uint8_t *sgn) noexcept nogil
     int psgd_nat_f64(const double *x, Py_ssize_t n, uint64_t z, uint8_t *code, uint8_t *sgn) noexcept nogil
     void psgd_natd_f32(const float *x, Py_ssize_t n, double t, uint32_t s, double p2, uint64_t z,
@@ -485,40 +404,17 @@ cdef enum:
 ERR_WIDTH, ERR_CODE, ERR_SIZE = C_ERR_WIDTH, C_ERR_CODE, C_ERR_SIZE
 ROUNDING_MAX_Q = 2**31 - 1
 
-psgd_q_use_v4 = psgd_q_cpu_has_v4()
+psgd_set_use_v4(psgd_cpu_has_v4())
 
 
 def _isa_variants():
     """The quantizer builds this CPU can run, e.g. ['baseline', 'x86-64-v4'] (for tests)."""
-    return ["baseline"] + (["x86-64-v4"] if psgd_q_cpu_has_v4() else [])
+    return isa_variants()
 
 
 def _use_isa(name):
     """Select a quantizer build from :func:`_isa_variants` (tests compare each with the twin)."""
-    global psgd_q_use_v4
-    if name not in _isa_variants():
-        raise ValueError(f"ISA variant {name!r} is not available; have {_isa_variants()}")
-    psgd_q_use_v4 = name == "x86-64-v4"
-
-
-ctypedef fused real_in:
-    float
-    double
-
-ctypedef fused real_out:
-    float
-    double
-
-
-cdef inline Py_ssize_t _nblocks(Py_ssize_t d, Py_ssize_t bs) noexcept nogil:
-    return (d + bs - 1) // bs
-
-
-cdef _check_bs(Py_ssize_t d, Py_ssize_t block_size):
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    if d < 0:
-        raise ValueError(f"d must be >= 0, got {d}")
+    use_isa(name)
 
 
 cdef inline int _bitlen(uint64_t v) noexcept nogil:
@@ -545,7 +441,7 @@ cdef Py_ssize_t _check_scales(const uint8_t* p, Py_ssize_t nb, float* scales) no
 
 def sign_nbytes(Py_ssize_t d, Py_ssize_t block_size):
     """4 bytes per block scale + ceil(d / 8) bytes of sign bits."""
-    _check_bs(d, block_size)
+    check_block_size(d, block_size)
     return 4 * _nblocks(d, block_size) + (d + 7) // 8
 
 
@@ -696,7 +592,7 @@ cdef inline Py_ssize_t _natd_bits(Py_ssize_t levels) noexcept nogil:
 
 def natdither_nbytes(Py_ssize_t d, Py_ssize_t block_size, Py_ssize_t levels):
     """4 bytes per block scale + ceil(d * (1 + ceil(log2(s + 1))) / 8) symbol bytes."""
-    _check_bs(d, block_size)
+    check_block_size(d, block_size)
     if not 1 <= levels <= NATDITHER_MAX_LEVELS:
         raise ValueError(f"levels must be in [1, {NATDITHER_MAX_LEVELS}], got {levels}")
     return 4 * _nblocks(d, block_size) + (d * _natd_bits(levels) + 7) // 8
@@ -823,7 +719,7 @@ cdef inline uint64_t _round_codes(const real_in* x, Py_ssize_t n, double res, ui
 def rounding_widths(const real_in[::1] x, Py_ssize_t block_size, double resolution):
     """Per block, the bit length of the largest zig-zag code of q = rint(x / resolution)."""
     cdef Py_ssize_t d = x.shape[0]
-    _check_bs(d, block_size)
+    check_block_size(d, block_size)
     if not resolution > 0.0:
         raise ValueError(f"resolution must be > 0, got {resolution}")
     cdef Py_ssize_t nb = _nblocks(d, block_size), blk, j = 0, end, m, k, bad_at = -1
@@ -858,7 +754,7 @@ def rounding_encode(const real_in[::1] x, const uint8_t[::1] widths, Py_ssize_t 
                     double resolution, uint8_t[::1] out):
     """Widths bytes, then each block's zig-zag codes in its width, LSB-first (kernels_ref)."""
     cdef Py_ssize_t d = x.shape[0]
-    _check_bs(d, block_size)
+    check_block_size(d, block_size)
     cdef Py_ssize_t nb = _nblocks(d, block_size), blk, j = 0, end, p, total = 0, m, k
     if widths.shape[0] != nb:
         raise ValueError("rounding_encode: widths has the wrong length")
@@ -906,7 +802,7 @@ def rounding_encode(const real_in[::1] x, const uint8_t[::1] widths, Py_ssize_t 
 def rounding_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_size,
                         double resolution, real_out[::1] out, double weight):
     """Validate; if valid, out += weight * (resolution * q). Returns (code, where)."""
-    _check_bs(d, block_size)
+    check_block_size(d, block_size)
     if out.shape[0] != d:
         raise ValueError("rounding_decode_add: out has the wrong length")
     cdef Py_ssize_t nb = _nblocks(d, block_size), n = payload.shape[0], blk, j, end, total = 0, m, k

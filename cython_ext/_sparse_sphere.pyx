@@ -13,36 +13,12 @@ from libc.string cimport memcpy
 
 import numpy as np
 
-cdef extern from *:
-    """
-    #include <string.h>
-    #include <float.h>
-    #define PSGDS_GAMMA 0x9E3779B97F4A7C15ULL
-    static inline uint64_t psgds_mix64(uint64_t z) {
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        return z ^ (z >> 31);
-    }
-    static inline double psgds_u01(uint64_t z) { return (double)(psgds_mix64(z) >> 11) * 0x1.0p-53; }
-    static inline void psgds_store_f32le(uint8_t *p, float f) {
-        uint32_t u; memcpy(&u, &f, 4);
-        p[0] = (uint8_t)u; p[1] = (uint8_t)(u >> 8); p[2] = (uint8_t)(u >> 16); p[3] = (uint8_t)(u >> 24);
-    }
-    static inline uint32_t psgds_load_u32le(const uint8_t *p) {
-        return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-    }
-    static inline float psgds_u32_as_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-    #define PSGDS_FLT_MAX ((double)FLT_MAX)
-    #define PSGDS_FLT_MIN FLT_MIN
-    """
-    const uint64_t GAMMA "PSGDS_GAMMA"
-    const double FLT_MAX_D "PSGDS_FLT_MAX"
-    const float FLT_MIN_F "PSGDS_FLT_MIN"
-    uint64_t psgds_mix64(uint64_t z) noexcept nogil
-    double psgds_u01(uint64_t z) noexcept nogil
-    void psgds_store_f32le(uint8_t *p, float f) noexcept nogil
-    uint32_t psgds_load_u32le(const uint8_t *p) noexcept nogil
-    float psgds_u32_as_f32(uint32_t u) noexcept nogil
+from _common cimport (GAMMA, psgd_mix64, psgd_u01, psgd_store_f32le, psgd_load_u32le, psgd_u32_as_f32,
+                     real_in, real_out, _nblocks, check_block_size, fill_trits)
+
+cdef extern from "<float.h>":
+    const double FLT_MAX_D "((double)FLT_MAX)"
+    const float FLT_MIN_F "FLT_MIN"
 
 # Must equal psgd/kernels_ref.py (tests check).
 cdef enum:
@@ -62,32 +38,8 @@ SD_MAX_LEVEL = 2**31 - 1
 cdef double TWO_PI_C = 6.283185307179586
 TWO_PI = TWO_PI_C
 
-ctypedef fused real_in:
-    float
-    double
-
-ctypedef fused real_out:
-    float
-    double
-
 cdef uint8_t _TRITS[243 * 5]
-cdef int _b, _m, _v
-for _b in range(243):
-    _v = _b
-    for _m in range(5):
-        _TRITS[5 * _b + _m] = _v % 3
-        _v //= 3
-
-
-cdef inline Py_ssize_t _nblocks(Py_ssize_t d, Py_ssize_t bs) noexcept nogil:
-    return (d + bs - 1) // bs
-
-
-cdef _check(Py_ssize_t d, Py_ssize_t block_size):
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    if d < 0:
-        raise ValueError(f"d must be >= 0, got {d}")
+fill_trits(_TRITS)
 
 
 # ------------------------------------------------------------------ sparse dithering
@@ -96,7 +48,7 @@ def sd_encode(const real_in[::1] x, Py_ssize_t block_size, double c_full, double
               int variant, uint64_t seed):
     """The sparse dithering payload of x (a new uint8 array); see kernels_ref.py."""
     cdef Py_ssize_t d = x.shape[0]
-    _check(d, block_size)
+    check_block_size(d, block_size)
     cdef Py_ssize_t nb = _nblocks(d, block_size), nt = (d + 4) // 5
     gam_arr = np.empty(nb, dtype=np.float32)
     lev_arr = np.empty(d, dtype=np.int64)
@@ -138,7 +90,7 @@ def sd_encode(const real_in[::1] x, Py_ssize_t block_size, double c_full, double
                         y = floor(y + 0.5)
                     else:
                         low = floor(y)
-                        y = low + (psgds_u01(seed + <uint64_t>(j + 1) * GAMMA) < y - low)
+                        y = low + (psgd_u01(seed + <uint64_t>(j + 1) * GAMMA) < y - low)
                     if y > 2147483647.0:
                         bad = 2
                         break
@@ -160,7 +112,7 @@ def sd_encode(const real_in[::1] x, Py_ssize_t block_size, double c_full, double
     cdef Py_ssize_t i, m
     with nogil:
         for blk in range(nb):
-            psgds_store_f32le(&out[4 * blk], gam[blk])
+            psgd_store_f32le(&out[4 * blk], gam[blk])
         sym = &out[4 * nb] if nt else NULL
         ustream = &out[4 * nb + nt] if K else NULL
         for i in range(nt):  # 5 coordinates per trit byte
@@ -184,7 +136,7 @@ def sd_encode(const real_in[::1] x, Py_ssize_t block_size, double c_full, double
 def sd_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_size,
                   int64_t kmax_full, int64_t kmax_last, real_out[::1] out, double weight):
     """Validate a sparse dithering payload; if valid, out += weight * decoded. (code, where)."""
-    _check(d, block_size)
+    check_block_size(d, block_size)
     if out.shape[0] != d:
         raise ValueError("sd_decode_add: out has the wrong length")
     cdef Py_ssize_t nb = _nblocks(d, block_size), nt = (d + 4) // 5
@@ -206,7 +158,7 @@ def sd_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_siz
     cdef uint8_t[::1] trits = trits_arr
     with nogil:
         for blk in range(nb):
-            u = psgds_load_u32le(p + 4 * blk)
+            u = psgd_load_u32le(p + 4 * blk)
             expo = (u >> 23) & 0xFF
             if expo == 0xFF or (u >> 31) or (expo == 0 and u != 0):
                 code, where = C_ERR_SCALE, blk
@@ -225,7 +177,7 @@ def sd_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_siz
                     break
         if code == C_ERR_OK:
             for blk in range(nb):
-                if psgds_load_u32le(p + 4 * blk) != 0:
+                if psgd_load_u32le(p + 4 * blk) != 0:
                     continue
                 start = blk * block_size
                 end = start + block_size if d - start > block_size else d
@@ -273,7 +225,7 @@ def sd_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_siz
             for blk in range(nb):
                 start = blk * block_size
                 end = start + block_size if d - start > block_size else d
-                G = <double>psgds_u32_as_f32(psgds_load_u32le(p + 4 * blk))
+                G = <double>psgd_u32_as_f32(psgd_load_u32le(p + 4 * blk))
                 for j in range(start, end):
                     t = trits[j]
                     if t == 0:
@@ -299,7 +251,7 @@ def sphere_search(const real_in[::1] x, Py_ssize_t block_size, double thr, uint6
                   int64_t cap_full, int64_t cap_last):
     """(T uint64, sigma float32) per block; T = 0 where no candidate within the cap."""
     cdef Py_ssize_t d = x.shape[0]
-    _check(d, block_size)
+    check_block_size(d, block_size)
     cdef Py_ssize_t nb = _nblocks(d, block_size)
     T_arr = np.zeros(nb, dtype=np.uint64)
     s_arr = np.zeros(nb, dtype=np.float32)
@@ -322,14 +274,14 @@ def sphere_search(const real_in[::1] x, Py_ssize_t block_size, double thr, uint6
             if s == 0:
                 T[blk] = 1
                 continue
-            sb = psgds_mix64(seed + <uint64_t>(blk + 1) * GAMMA)
+            sb = psgd_mix64(seed + <uint64_t>(blk + 1) * GAMMA)
             for t in range(1, cap + 1):
                 dot = 0.0
                 zz = 0.0
                 m = <uint64_t>(t - 1) * <uint64_t>db
                 for j in range(db):
-                    u1 = psgds_u01(sb + (2 * (m + j) + 1) * GAMMA)
-                    u2 = psgds_u01(sb + (2 * (m + j) + 2) * GAMMA)
+                    u1 = psgd_u01(sb + (2 * (m + j) + 1) * GAMMA)
+                    u2 = psgd_u01(sb + (2 * (m + j) + 2) * GAMMA)
                     z = sqrt(-2.0 * log(1.0 - u1)) * cos(TWO_PI_C * u2)
                     dot += z * <double>x[start + j]
                     zz += z * z

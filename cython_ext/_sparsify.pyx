@@ -15,22 +15,12 @@ from libc.math cimport INFINITY
 
 import numpy as np
 
+from _common cimport (GAMMA, psgd_mix64, psgd_f32_bits, psgd_f64_bits, psgd_u32_as_f32, psgd_load_u32le,
+                     psgd_cpu_has_v4, psgd_set_use_v4, real_in, real_out, isa_variants, use_isa)
+
 cdef extern from *:
     """
-    #include <string.h>
-    #define PSGD_GAMMA 0x9E3779B97F4A7C15ULL
-    /* SplitMix64 finaliser: the 64-bit output for z = seed + (j+1)*GAMMA. */
-    static inline uint64_t psgd_mix64(uint64_t z) {
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        return z ^ (z >> 31);
-    }
-    static inline uint32_t psgd_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-    static inline uint64_t psgd_f64_bits(double f) { uint64_t u; memcpy(&u, &f, 8); return u; }
-    static inline float psgd_u32_as_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-    static inline uint32_t psgd_load_u32le(const uint8_t *p) {
-        return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-    }
+    #include "_common.h"
     static inline int psgd_ctz64(uint64_t w) { return __builtin_ctzll(w); }
     /* top_k keys: |x|'s bit pattern, an integer with the order of |x| (NaN/Inf above every
        finite value). NK is the native-width key (int32/int64, sign bit clear, so signed
@@ -83,35 +73,19 @@ cdef extern from *:
     PSGD_TOPK(f64, double, int64_t, PSGD_NK64, PSGD_W64, 52)
     /* the screening pass is built for the baseline and for x86-64-v4 (wider compares),
        chosen at run time as in _dither */
-    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
-    #define PSGD_S_HAVE_V4 1
-    #define PSGD_S_V4 __attribute__((target("arch=x86-64-v4")))
-    #else
-    #define PSGD_S_HAVE_V4 0
-    #define PSGD_S_V4
-    #endif
-    static int psgd_s_use_v4 = 0;
-    static int psgd_s_cpu_has_v4(void) {
-    #if PSGD_S_HAVE_V4
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("x86-64-v4") != 0;
-    #else
-        return 0;
-    #endif
-    }
     #define PSGD_S_DISPATCH(SFX, T)                                                           \
     static Py_ssize_t psgd_topk_collect_base_##SFX(const T *x, Py_ssize_t d, uint64_t lo,     \
             int64_t *ci, uint64_t *ck, Py_ssize_t cap) {                                      \
         return psgd_topk_collect_body_##SFX(x, d, lo, ci, ck, cap); }                         \
     static Py_ssize_t psgd_topk_collect_##SFX(const T *x, Py_ssize_t d, uint64_t lo,          \
             int64_t *ci, uint64_t *ck, Py_ssize_t cap) {                                      \
-        return (PSGD_S_HAVE_V4 && psgd_s_use_v4) ? psgd_topk_collect_v4_##SFX(x, d, lo, ci, ck, cap) \
+        return (PSGD_HAVE_V4 && psgd_use_v4) ? psgd_topk_collect_v4_##SFX(x, d, lo, ci, ck, cap) \
                                                  : psgd_topk_collect_base_##SFX(x, d, lo, ci, ck, cap); \
     }
     /* AVX-512: a 16-bit hit mask per 16 keys (vpcmpd/vpcmpq), hits visited with ctz */
-    #if PSGD_S_HAVE_V4
+    #if PSGD_HAVE_V4
     #include <immintrin.h>
-    PSGD_S_V4 static Py_ssize_t psgd_topk_collect_v4_f32(const float *x, Py_ssize_t d, uint64_t lo64,
+    PSGD_V4 static Py_ssize_t psgd_topk_collect_v4_f32(const float *x, Py_ssize_t d, uint64_t lo64,
             int64_t *ci, uint64_t *ck, Py_ssize_t cap) {
         const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF), vlo = _mm512_set1_epi32((int32_t)(lo64 >> 32));
         Py_ssize_t i = 0, c = 0;
@@ -130,7 +104,7 @@ cdef extern from *:
         for (Py_ssize_t q = c; q < c + r; q++) ci[q] += i;
         return c + r;
     }
-    PSGD_S_V4 static Py_ssize_t psgd_topk_collect_v4_f64(const double *x, Py_ssize_t d, uint64_t lo64,
+    PSGD_V4 static Py_ssize_t psgd_topk_collect_v4_f64(const double *x, Py_ssize_t d, uint64_t lo64,
             int64_t *ci, uint64_t *ck, Py_ssize_t cap) {
         const __m512i absm = _mm512_set1_epi64(0x7FFFFFFFFFFFFFFFLL), vlo = _mm512_set1_epi64((int64_t)lo64);
         Py_ssize_t i = 0, c = 0;
@@ -160,15 +134,7 @@ cdef extern from *:
     PSGD_S_DISPATCH(f32, float)
     PSGD_S_DISPATCH(f64, double)
     """
-    const uint64_t GAMMA "PSGD_GAMMA"
-    uint64_t psgd_mix64(uint64_t z) noexcept nogil
-    uint32_t psgd_f32_bits(float f) noexcept nogil
-    uint64_t psgd_f64_bits(double f) noexcept nogil
-    float psgd_u32_as_f32(uint32_t u) noexcept nogil
-    uint32_t psgd_load_u32le(const uint8_t *p) noexcept nogil
     int psgd_ctz64(uint64_t w) noexcept nogil
-    int psgd_s_use_v4
-    int psgd_s_cpu_has_v4() noexcept nogil
     uint64_t psgd_topk_hist_f32(const float *x, Py_ssize_t d, Py_ssize_t *h) noexcept nogil
     uint64_t psgd_topk_hist_f64(const double *x, Py_ssize_t d, Py_ssize_t *h) noexcept nogil
     Py_ssize_t psgd_topk_collect_f32(const float *x, Py_ssize_t d, uint64_t lo, int64_t *ci,
@@ -176,20 +142,17 @@ cdef extern from *:
     Py_ssize_t psgd_topk_collect_f64(const double *x, Py_ssize_t d, uint64_t lo, int64_t *ci,
                                      uint64_t *ck, Py_ssize_t cap) noexcept nogil
 
-psgd_s_use_v4 = psgd_s_cpu_has_v4()
+psgd_set_use_v4(psgd_cpu_has_v4())
 
 
 def _isa_variants():
     """The screening-pass builds this CPU can run, e.g. ['baseline', 'x86-64-v4'] (for tests)."""
-    return ["baseline"] + (["x86-64-v4"] if psgd_s_cpu_has_v4() else [])
+    return isa_variants()
 
 
 def _use_isa(name):
     """Select a build from :func:`_isa_variants` (tests compare each with the twin)."""
-    global psgd_s_use_v4
-    if name not in _isa_variants():
-        raise ValueError(f"ISA variant {name!r} is not available; have {_isa_variants()}")
-    psgd_s_use_v4 = name == "x86-64-v4"
+    use_isa(name)
 
 
 # Must equal the constants of psgd/kernels_ref.py (tests check).
@@ -203,15 +166,6 @@ cdef enum:
 ERR_OK, ERR_VALUE, ERR_VARINT, ERR_NONCANONICAL, ERR_INDEX, ERR_TRAILING = (
     C_ERR_OK, C_ERR_VALUE, C_ERR_VARINT, C_ERR_NONCANONICAL, C_ERR_INDEX, C_ERR_TRAILING)
 MAX_DIM = 2**32 - 1
-
-ctypedef fused real_in:
-    float
-    double
-
-ctypedef fused real_out:
-    float
-    double
-
 
 # ------------------------------------------------------------------ rand_k
 

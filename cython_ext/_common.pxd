@@ -1,0 +1,66 @@
+# cython: language_level=3
+"""Declarations and inline helpers shared by psgd's Cython kernels (``cimport``-ed, no module).
+
+The C side is _common.h; each kernel module compiles its own static copy of it.
+"""
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+
+cdef extern from "_common.h":
+    const uint64_t GAMMA "PSGD_GAMMA"
+    const int HAVE_V4 "PSGD_HAVE_V4"
+    uint64_t psgd_mix64(uint64_t z) noexcept nogil
+    double psgd_u01(uint64_t z) noexcept nogil
+    uint32_t psgd_f32_bits(float f) noexcept nogil
+    uint64_t psgd_f64_bits(double f) noexcept nogil
+    float psgd_u32_as_f32(uint32_t u) noexcept nogil
+    void psgd_store_u32le(uint8_t *p, uint32_t u) noexcept nogil
+    void psgd_store_f32le(uint8_t *p, float f) noexcept nogil
+    uint32_t psgd_load_u32le(const uint8_t *p) noexcept nogil
+    uint64_t psgd_load_u64le(const uint8_t *p) noexcept nogil
+    int psgd_cpu_has_v4() noexcept nogil
+    void psgd_set_use_v4(int on) noexcept nogil
+
+ctypedef fused real_in:
+    float
+    double
+
+ctypedef fused real_out:
+    float
+    double
+
+
+cdef inline Py_ssize_t _nblocks(Py_ssize_t d, Py_ssize_t bs) noexcept nogil:
+    return (d + bs - 1) // bs
+
+
+cdef inline list isa_variants():
+    """The builds this CPU can run, e.g. ['baseline', 'x86-64-v4']."""
+    return ["baseline"] + (["x86-64-v4"] if psgd_cpu_has_v4() else [])
+
+
+cdef inline int use_isa(name) except -1:
+    """Switch this module's dispatch to ``name`` (one of :func:`isa_variants`)."""
+    if name not in isa_variants():
+        raise ValueError(f"ISA variant {name!r} is not available; have {isa_variants()}")
+    psgd_set_use_v4(name == "x86-64-v4")
+    return 0
+
+
+cdef inline int check_block_size(Py_ssize_t d, Py_ssize_t block_size) except -1:
+    """The argument check shared by the block-wise kernels: block_size >= 1, d >= 0."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if d < 0:
+        raise ValueError(f"d must be >= 0, got {d}")
+    return 0
+
+
+cdef inline void fill_trits(uint8_t* table) noexcept nogil:
+    """table[5*byte + m] = trit m of byte (byte < 243): the trit decode lookup table."""
+    cdef int b, m, v
+    for b in range(243):
+        v = b
+        for m in range(5):
+            table[5 * b + m] = v % 3
+            v //= 3
