@@ -154,3 +154,20 @@ def test_run_with_one_rank_explains_how_to_launch(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "at least 2 MPI ranks" in lines[0] and "mpiexec -n" in lines[0]
+
+
+def test_source_checkout_imports_like_the_installed_package():
+    """`python -m psgd` run in the repository root imports the source tree: it must still find
+    psgd.server and psgd.workers (which setup.py maps from server/ and workers/)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "setup.py").exists():
+        pytest.skip("not run from a source checkout")
+    code = "import psgd, psgd.server.loop, psgd.workers.loop; print(psgd.__file__)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().startswith(str(repo))
