@@ -1,8 +1,6 @@
 """psgd.data: the data config section, the LIBSVM reader, synthetic data and partitions."""
 
-import os
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,19 +11,10 @@ from psgd import data
 from psgd.errors import ConfigError, DataFormatError
 
 
-def _data_dir():
-    env = os.environ.get("PSGD_DATA")
-    cand = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return cand if (cand / "mushrooms").is_file() else None
-
-
 @pytest.fixture(scope="module")
-def libsvm_dir():
-    found = _data_dir()
-    if found is None:
-        pytest.skip("LIBSVM data not found: set PSGD_DATA to a directory holding mushrooms, a9a, "
-                    "phishing, w8a (../shared/data beside the checkout is tried too)")
-    return found
+def libsvm_dir(data_dir):
+    """The LIBSVM directory (conftest's data_dir skips with a reason when it is missing)."""
+    return data_dir
 
 
 def write(tmp_path, content: bytes, name="f.svm"):
