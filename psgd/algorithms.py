@@ -28,7 +28,7 @@ fresh message they coincide with the synchronous algorithm:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -75,7 +75,6 @@ class ServerState:
     entries_sum: np.ndarray | None = None  # sum_i w_i entries[i]
     shifts: np.ndarray | None = None      # DIANA h_i / EF21 g_i mirrors (n x d)
     velocity: np.ndarray | None = None    # heavy-ball momentum buffer
-    fresh: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # entry ever set
 
 
 @dataclass
@@ -143,7 +142,7 @@ class Algorithm:
 
     def server_init(self, x0: np.ndarray) -> ServerState:
         d = x0.size
-        ss = ServerState(x=x0.astype(np.float64).copy(), fresh=np.zeros(self.n, bool))
+        ss = ServerState(x=x0.astype(np.float64).copy())
         if self.hyper.form == "table":
             ss.entries = np.zeros((self.n, d))
             ss.entries_sum = np.zeros(d)
@@ -177,8 +176,6 @@ class Algorithm:
             direction = np.zeros_like(ss.x)
             for i, y in batch:
                 direction += w[i] * self.entry(ss, i, y)
-        for i, _ in batch:
-            ss.fresh[i] = True
         self._step(ss, direction, prox)
         ss.step += 1
 
@@ -192,9 +189,6 @@ class Algorithm:
         np.subtract(ss.x, step, out=step)  # reuse the temporary: one allocation per update
         ss.x = prox(step, h.gamma)
 
-    def variance_factor(self) -> float:
-        """sum_i w_i^2 (= 1/n for equal shards): how averaging n messages shrinks variance."""
-        return float(np.sum(self.weights ** 2))
 
 
 def _s2(weights) -> float:

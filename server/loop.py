@@ -300,7 +300,7 @@ class Server:
         m = self.metrics
         return {
             "step": np.array(ss.step), "x": ss.x, "entries": ss.entries, "entries_sum": ss.entries_sum,
-            "shifts": ss.shifts, "velocity": ss.velocity, "fresh": ss.fresh,
+            "shifts": ss.shifts, "velocity": ss.velocity,
             "counters": np.array([self.counters[k] for k in COUNTERS], dtype=np.int64),
             "staleness": np.array(sorted(self.staleness.items()), dtype=np.int64).reshape(-1, 2),
             "seq_in": self.seq_in, "seq_out": self.seq_out, "sent_version": self.sent_version,
@@ -322,7 +322,6 @@ class Server:
         for name in ("entries", "entries_sum", "shifts", "velocity"):
             if name in a:
                 setattr(ss, name, a[name])
-        ss.fresh = a["fresh"]
         self.counters.update(dict(zip(COUNTERS, (int(v) for v in a["counters"]))))
         self.staleness.update({int(k): int(v) for k, v in a["staleness"]})
         self.seq_in, self.seq_out, self.sent_version = a["seq_in"], a["seq_out"], a["sent_version"]
