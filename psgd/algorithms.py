@@ -191,10 +191,6 @@ class Algorithm:
 
 
 
-def _s2(weights) -> float:
-    return float(np.sum(np.asarray(weights, dtype=np.float64) ** 2))
-
-
 def _given_or(cfg_alg, value, rule):
     """A numeric ``stepsize`` overrides the theory value."""
     if cfg_alg["stepsize"] == "theory":
@@ -241,10 +237,12 @@ class DQGD(Algorithm):
     def resolve(cls, cfg, compressor, consts, weights, tau):
         a = cfg["algorithm"]
         omega = compressor.omega(consts.d)
-        # DIANA paper Thm 10 in omega form (derived, papers.md B.2): 1/(L (1 + 2 omega/n)),
-        # with 1/n generalised to sum_i w_i^2 for unequal shards.
-        g = 1.0 / (consts.L * (1.0 + 2.0 * omega * _s2(weights)))
-        rule = "1/(L(1+2 omega sum w_i^2)) (proven, sync)"
+        # DIANA paper Thm 10 (papers.md B.2), the largest step it allows: every f_i L-smooth and
+        # mu-strongly convex, gamma <= 2/((mu + L)(1 + 2 omega/n)). Its proof runs worker by
+        # worker (co-coercivity of each f_i), so unequal shards give min_i 2/((mu+L_i)(1+2 omega w_i)).
+        L_i = np.asarray(consts.L_i, dtype=np.float64)
+        g = float(np.min(2.0 / ((consts.mu + L_i) * (1.0 + 2.0 * omega * np.asarray(weights)))))
+        rule = "min_i 2/((mu+L_i)(1+2 omega w_i)) (proven, sync)"
         if tau:
             g *= _async_factor(tau)
             rule += " / (1+tau) (heuristic)"
@@ -269,9 +267,11 @@ class DIANA(Algorithm):
         omega = compressor.omega(consts.d)
         alpha = 1.0 / (1.0 + omega) if a["alpha"] == "theory" else float(a["alpha"])
         # Gorbunov, Hanzely & Richtarik 2020 (papers.md B.3): alpha = 1/(1+omega),
-        # gamma = 1/(L (1 + 6 omega / n)); 1/n generalised to sum_i w_i^2.
-        g = 1.0 / (consts.L * (1.0 + 6.0 * omega * _s2(weights)))
-        rule = "1/(L(1+6 omega sum w_i^2)) (proven, sync)"
+        # gamma = 1/(L + 6 omega L_max/n). The compression variance is bounded through each
+        # f_i's smoothness, sum_i w_i^2 ||grad f_i(x) - grad f_i(x*)||^2 <= 2 max_i(w_i L_i) D_f,
+        # so L_max/n is max_i w_i L_i in general; it equals L/n only when every L_i = L.
+        g = 1.0 / (consts.L + 6.0 * omega * float(np.max(np.asarray(weights) * np.asarray(consts.L_i))))
+        rule = "1/(L + 6 omega max_i w_i L_i) (proven, sync)"
         if a["momentum"]:
             # heavy ball multiplies the effective step by 1/(1-beta): keep it (heuristic)
             g *= 1.0 - a["momentum"]

@@ -76,12 +76,34 @@ def test_diana_converges_exactly_where_dqgd_stalls():
 def test_diana_theory_constants():
     _, _, consts = make_problem(d=112)
     comp = get_compressor(TERN)
-    alg = build("diana", comp, consts, n=10)
     omega = (np.sqrt(112) - 1) / 2
+    same = algorithms.Constants(L=consts.L, L_i=[consts.L] * 10, mu=consts.mu, d=112)
+    alg = build("diana", comp, same, n=10)
     assert alg.hyper.alpha == pytest.approx(1 / (1 + omega))
     # papers.md E.9: gamma L = 1/(1 + 6 omega / n) = 0.258 for l-inf, d = 112, n = 10
     assert alg.hyper.gamma * consts.L == pytest.approx(1 / (1 + 6 * omega / 10))
     assert alg.hyper.gamma * consts.L == pytest.approx(0.258, abs=1e-3)
+    # the variance term is bounded through the workers' own smoothness: L/n -> max_i w_i L_i
+    alg = build("diana", comp, consts)
+    assert alg.hyper.gamma == pytest.approx(1 / (consts.L + 6 * omega * max(consts.L_i) / 4))
+
+
+def test_dqgd_theory_step_is_the_largest_theorem_10_allows():
+    _, _, consts = make_problem(d=112)
+    comp = get_compressor(TERN)
+    omega = (np.sqrt(112) - 1) / 2
+    same = algorithms.Constants(L=consts.L, L_i=[consts.L] * 4, mu=consts.mu, d=112)
+    # DIANA paper Thm 10: gamma <= 2/((mu + L)(1 + 2 omega / n))
+    assert build("dqgd", comp, same).hyper.gamma == pytest.approx(
+        2 / ((consts.mu + consts.L) * (1 + 2 * omega / 4)))
+    # unequal shards: the worker whose (L_i, w_i) binds sets the step
+    w = np.array([0.1, 0.2, 0.3, 0.4])
+    hyper = algorithms.DQGD.resolve(cfg_for("dqgd"), comp, consts, w, 0)
+    expect = min(2 / ((consts.mu + L) * (1 + 2 * omega * wi)) for L, wi in zip(consts.L_i, w))
+    assert hyper.gamma == pytest.approx(expect)
+    # asynchronous: the heuristic 1/(1 + tau)
+    assert algorithms.DQGD.resolve(cfg_for("dqgd"), comp, consts, w, 3).gamma == pytest.approx(
+        expect / 4)
 
 
 def test_gd_identity_matches_plain_gradient_descent():
@@ -120,11 +142,10 @@ def test_diana_momentum_converges():
     assert np.linalg.norm(x - x_star) < 1e-8
 
 
-def test_unequal_weights_generalise_one_over_n():
+def test_unequal_weights_generalise_one_over_n_for_diana():
     _, _, consts = make_problem()
     comp = get_compressor(TERN)
-    c = cfg_for("dqgd")
     w = np.array([0.7, 0.1, 0.1, 0.1])
-    h = algorithms.get_algorithm_class("dqgd").resolve(c, comp, consts, w, 0)
+    h = algorithms.DIANA.resolve(cfg_for("diana"), comp, consts, w, 0)
     omega = comp.omega(12)
-    assert h.gamma == pytest.approx(1 / (consts.L * (1 + 2 * omega * np.sum(w ** 2))))
+    assert h.gamma == pytest.approx(1 / (consts.L + 6 * omega * 0.7 * consts.L_i[0]))
