@@ -104,6 +104,7 @@ class Algorithm:
         self.hyper = hyper
         self.weights = np.asarray(weights, dtype=np.float64)
         self.n = len(self.weights)
+        self._buffers = {}
 
     # -- config -----------------------------------------------------------------
 
@@ -152,30 +153,41 @@ class Algorithm:
             ss.velocity = np.zeros(d)
         return ss
 
-    def entry(self, ss: ServerState, i: int, y: np.ndarray) -> np.ndarray:
-        """The worker's contribution to the gradient estimate, given its decoded message."""
-        return y
+    def entry(self, ss: ServerState, i: int, y: np.ndarray, out: np.ndarray) -> None:
+        """Write worker i's contribution to the gradient estimate, given its decoded message."""
+        np.copyto(out, y)
 
     def server_apply(self, ss: ServerState, batch, prox) -> None:
-        """One server update from ``batch = [(worker, decoded message), ...]``."""
-        h = self.hyper
+        """One server update from ``batch = [(worker, decoded message), ...]``.
+
+        Every pass writes into a preallocated vector: at d = 10^7 a fresh temporary costs
+        as much as the arithmetic it holds (page faults on 80 MB).
+        """
         w = self.weights
-        if h.form == "table":
+        if self.hyper.form == "table":
             if len(batch) == self.n:
                 # every worker fresh: recompute exactly (this is the synchronous step)
                 for i, y in batch:
-                    ss.entries[i] = self.entry(ss, i, y)
+                    self.entry(ss, i, y, ss.entries[i])
                 np.dot(w, ss.entries, out=ss.entries_sum)
             else:
+                new = self._work("entry", ss.x.size)
                 for i, y in batch:
-                    new = self.entry(ss, i, y)
-                    ss.entries_sum += w[i] * (new - ss.entries[i])
-                    ss.entries[i] = new
+                    self.entry(ss, i, y, new)
+                    row = ss.entries[i]
+                    np.subtract(new, row, out=row)  # row = new - old, then sum += w_i * row
+                    row *= w[i]
+                    ss.entries_sum += row
+                    np.copyto(row, new)
             direction = ss.entries_sum
         else:
-            direction = np.zeros_like(ss.x)
+            direction = self._work("direction", ss.x.size)
+            direction.fill(0.0)
+            term = self._work("entry", ss.x.size)
             for i, y in batch:
-                direction += w[i] * self.entry(ss, i, y)
+                self.entry(ss, i, y, term)
+                term *= w[i]
+                direction += term
         self._step(ss, direction, prox)
         ss.step += 1
 
@@ -185,10 +197,17 @@ class Algorithm:
             ss.velocity *= h.momentum
             ss.velocity += direction
             direction = ss.velocity
-        step = h.gamma * direction
-        np.subtract(ss.x, step, out=step)  # reuse the temporary: one allocation per update
-        ss.x = prox(step, h.gamma)
+        step = self._work("step", ss.x.size)
+        np.multiply(direction, h.gamma, out=step)
+        np.subtract(ss.x, step, out=ss.x)
+        ss.x = prox(ss.x, h.gamma)
 
+    def _work(self, name: str, d: int) -> np.ndarray:
+        """A reusable server-side work vector (scratch: never part of the checkpointed state)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.size != d:
+            buf = self._buffers[name] = np.empty(d)
+        return buf
 
 
 def _given_or(cfg_alg, value, rule):
@@ -289,10 +308,11 @@ class DIANA(Algorithm):
     def worker_update(self, ws, v, y):
         ws.memory += self.hyper.alpha * y
 
-    def entry(self, ss, i, y):
-        g_hat = ss.shifts[i] + y
-        ss.shifts[i] += self.hyper.alpha * y
-        return g_hat
+    def entry(self, ss, i, y, out):
+        np.add(ss.shifts[i], y, out=out)  # g_hat = h_i + y, then h_i += alpha y
+        scaled = self._work("scaled", y.size)
+        np.multiply(y, self.hyper.alpha, out=scaled)
+        ss.shifts[i] += scaled
 
 
 @register("algorithm")
@@ -321,9 +341,9 @@ class EF21(Algorithm):
     def worker_update(self, ws, v, y):
         ws.memory += y
 
-    def entry(self, ss, i, y):
+    def entry(self, ss, i, y, out):
         ss.shifts[i] += y
-        return ss.shifts[i].copy()
+        np.copyto(out, ss.shifts[i])
 
 
 @register("algorithm")
@@ -357,7 +377,8 @@ class EF(Algorithm):
 
     def _step(self, ss, direction, prox):
         # gamma is already inside the messages
-        ss.x = prox(ss.x - direction, self.hyper.gamma)
+        np.subtract(ss.x, direction, out=ss.x)
+        ss.x = prox(ss.x, self.hyper.gamma)
 
 
 def _require_unbiased(cfg):
