@@ -6,7 +6,8 @@ DIANA and the ternary quantizer, and reads steps per second and the server's tim
 split (wait, decode, apply, encode, send per step) from summary.json. In the same run
 it measures the baseline a Horovod or DDP user would run: uncompressed data-parallel
 GD with ``MPI.Allreduce`` over n ranks on the same problem. Ratios are psgd / baseline.
-On this 2-core machine more than 1 rank per core is oversubscribed: say so when quoting.
+Every number is the median over ``--repeats`` runs (the machines are noisy). On this 2-core
+machine more than 1 rank per core is oversubscribed: say so when quoting.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def _config(d, n, mode, tau, steps, out):
     }
 
 
-def run_psgd(d, n, mode, tau, steps, workdir):
-    out = os.path.join(workdir, f"ps-{n}-{d}-{mode}")
+def run_psgd(d, n, mode, tau, steps, workdir, repeat=0):
+    out = os.path.join(workdir, f"ps-{n}-{d}-{mode}-{repeat}")
     path = out + ".yaml"
     with open(path, "w") as fh:
         yaml.safe_dump(_config(d, n, mode, tau, steps, out), fh)
@@ -64,6 +65,11 @@ def run_psgd(d, n, mode, tau, steps, workdir):
     for phase in PHASES:
         row[f"{phase}_ms"] = 1e3 * s["server_time_s"].get(phase, 0.0) / k
     return row
+
+
+def median_of(samples):
+    """The per-key median of repeated measurements (dicts with the same numeric keys)."""
+    return {k: float(np.median([s[k] for s in samples])) for k in samples[0]}
 
 
 def run_allreduce(d, n, steps):
@@ -108,7 +114,8 @@ def main(argv) -> int:
     p.add_argument("--tau", type=int, default=2, help="max_staleness for async runs")
     p.add_argument("--budget", type=float, default=3e8,
                    help="coordinates x workers per run; sets the step count (5..2000)")
-    p.add_argument("--json", help="write the rows to this file")
+    p.add_argument("--repeats", type=int, default=3, help="runs per row; the table shows medians")
+    p.add_argument("--json", help="write the rows (medians and every run's steps/s) to this file")
     p.add_argument("--allreduce-rank", nargs=2, type=int, metavar=("D", "STEPS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.allreduce_rank:
@@ -118,26 +125,29 @@ def main(argv) -> int:
         workers = [int(v) for v in args.workers.split(",")]
         dims = [int(float(v)) for v in args.dims.split(",")]
         modes = args.modes.split(",")
-        if any(m not in ("sync", "async") for m in modes) or min(workers) < 1 or min(dims) < 1:
+        if (any(m not in ("sync", "async") for m in modes) or min(workers) < 1 or min(dims) < 1
+                or args.repeats < 1):
             raise ValueError
     except ValueError:
-        print("psgd: error: --workers/--dims take positive integers, --modes sync and/or async",
-              file=sys.stderr)
+        print("psgd: error: --workers/--dims/--repeats take positive integers, --modes sync "
+              "and/or async", file=sys.stderr)
         return 2
     rows = []
     header = (f"{'n':>2} {'d':>9} {'mode':>5} {'steps/s':>9} {'wait':>8} {'decode':>8} {'apply':>8} "
               f"{'encode':>8} {'send':>8} {'allred/s':>9} {'ratio':>6} {'bits/step':>10}")
     print("per-step server time in ms; allred/s = uncompressed MPI.Allreduce data-parallel GD on "
-          f"n ranks; ratio = psgd / allreduce; {os.cpu_count()} cores (oversubscribed beyond that)")
+          f"n ranks; ratio = psgd / allreduce; medians of {args.repeats} runs; {os.cpu_count()} cores "
+          "(oversubscribed beyond that)")
     print(header)
     with tempfile.TemporaryDirectory() as work:
         for d in dims:
             for n in workers:
                 steps = _steps(d, n, args.budget)
-                base = run_allreduce(d, n, steps)
+                base = median_of([run_allreduce(d, n, steps) for _ in range(args.repeats)])
                 for mode in modes:
-                    row = {"n": n, "d": d, "mode": mode, "steps": steps,
-                           **run_psgd(d, n, mode, args.tau, steps, work),
+                    runs = [run_psgd(d, n, mode, args.tau, steps, work, r) for r in range(args.repeats)]
+                    row = {"n": n, "d": d, "mode": mode, "steps": steps, **median_of(runs),
+                           "steps_per_s_runs": [r["steps_per_s"] for r in runs],
                            "allreduce_steps_per_s": base["steps_per_s"],
                            "allreduce_bits_per_step": base["bits_per_step"]}
                     row["ratio"] = row["steps_per_s"] / row["allreduce_steps_per_s"]

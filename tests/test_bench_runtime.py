@@ -12,19 +12,22 @@ pytestmark = pytest.mark.mpi
 def test_runtime_bench_tiny_grid(tmp_path):
     out = tmp_path / "rows.json"
     proc = subprocess.run([sys.executable, "-m", "psgd", "bench", "runtime", "--workers", "1,2",
-                           "--dims", "1000", "--budget", "20000", "--json", str(out)],
+                           "--dims", "1000", "--budget", "20000", "--repeats", "3", "--json", str(out)],
                           capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(out.read_text())
     assert [(r["n"], r["mode"]) for r in rows] == [(1, "sync"), (1, "async"), (2, "sync"), (2, "async")]
     for r in rows:
         assert r["steps_per_s"] > 0 and r["allreduce_steps_per_s"] > 0
+        assert len(r["steps_per_s_runs"]) == 3  # the table shows the median of the repeats
+        assert r["steps_per_s"] == sorted(r["steps_per_s_runs"])[1]
         # the ternary code: 32-byte envelope + 8-byte codec header + one scale + ceil(1000/5)
         assert r["bits_up_per_step"] >= 8 * (32 + 8 + 4 + 200)
     assert "allred/s" in proc.stdout
 
 
-def test_runtime_bench_rejects_bad_arguments(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "psgd", "bench", "runtime", "--modes", "fast"],
+@pytest.mark.parametrize("bad", [["--modes", "fast"], ["--repeats", "0"]])
+def test_runtime_bench_rejects_bad_arguments(tmp_path, bad):
+    proc = subprocess.run([sys.executable, "-m", "psgd", "bench", "runtime", *bad],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
