@@ -256,9 +256,10 @@ class DQGD(Algorithm):
     def resolve(cls, cfg, compressor, consts, weights, tau):
         a = cfg["algorithm"]
         omega = compressor.omega(consts.d)
-        # DIANA paper Thm 10 (papers.md B.2), the largest step it allows: every f_i L-smooth and
-        # mu-strongly convex, gamma <= 2/((mu + L)(1 + 2 omega/n)). Its proof runs worker by
-        # worker (co-coercivity of each f_i), so unequal shards give min_i 2/((mu+L_i)(1+2 omega w_i)).
+        # DIANA paper Thm 10 (papers.md B.2), the largest step it allows: every f_i L-smooth
+        # and mu-strongly convex, gamma <= 2/((mu + L)(1 + 2 omega/n)). Its proof runs worker
+        # by worker (co-coercivity of each f_i), so unequal shards give
+        # min_i 2/((mu + L_i)(1 + 2 omega w_i)).
         L_i = np.asarray(consts.L_i, dtype=np.float64)
         g = float(np.min(2.0 / ((consts.mu + L_i) * (1.0 + 2.0 * omega * np.asarray(weights)))))
         rule = "min_i 2/((mu+L_i)(1+2 omega w_i)) (proven, sync)"
@@ -289,7 +290,8 @@ class DIANA(Algorithm):
         # gamma = 1/(L + 6 omega L_max/n). The compression variance is bounded through each
         # f_i's smoothness, sum_i w_i^2 ||grad f_i(x) - grad f_i(x*)||^2 <= 2 max_i(w_i L_i) D_f,
         # so L_max/n is max_i w_i L_i in general; it equals L/n only when every L_i = L.
-        g = 1.0 / (consts.L + 6.0 * omega * float(np.max(np.asarray(weights) * np.asarray(consts.L_i))))
+        max_wL = float(np.max(np.asarray(weights) * np.asarray(consts.L_i)))
+        g = 1.0 / (consts.L + 6.0 * omega * max_wL)
         rule = "1/(L + 6 omega max_i w_i L_i) (proven, sync)"
         if a["momentum"]:
             # heavy ball multiplies the effective step by 1/(1-beta): keep it (heuristic)

@@ -136,8 +136,8 @@ def main(argv) -> int:
     header = (f"{'n':>2} {'d':>9} {'mode':>5} {'steps/s':>9} {'wait':>8} {'decode':>8} {'apply':>8} "
               f"{'encode':>8} {'send':>8} {'allred/s':>9} {'ratio':>6} {'bits/step':>10}")
     print("per-step server time in ms; allred/s = uncompressed MPI.Allreduce data-parallel GD on "
-          f"n ranks; ratio = psgd / allreduce; medians of {args.repeats} runs; {os.cpu_count()} cores "
-          "(oversubscribed beyond that)")
+          f"n ranks; ratio = psgd / allreduce; medians of {args.repeats} runs; "
+          f"{os.cpu_count()} cores (oversubscribed beyond that)")
     print(header)
     with tempfile.TemporaryDirectory() as work:
         for d in dims:
@@ -145,7 +145,8 @@ def main(argv) -> int:
                 steps = _steps(d, n, args.budget)
                 base = median_of([run_allreduce(d, n, steps) for _ in range(args.repeats)])
                 for mode in modes:
-                    runs = [run_psgd(d, n, mode, args.tau, steps, work, r) for r in range(args.repeats)]
+                    runs = [run_psgd(d, n, mode, args.tau, steps, work, r)
+                            for r in range(args.repeats)]
                     row = {"n": n, "d": d, "mode": mode, "steps": steps, **median_of(runs),
                            "steps_per_s_runs": [r["steps_per_s"] for r in runs],
                            "allreduce_steps_per_s": base["steps_per_s"],
