@@ -210,18 +210,19 @@ class Algorithm:
         return buf
 
 
-def _given_or(cfg_alg, value, rule):
-    """A numeric ``stepsize`` overrides the theory value."""
-    if cfg_alg["stepsize"] == "theory":
-        return value, rule
-    return float(cfg_alg["stepsize"]), "given in the config"
+def _step_size(cfg_alg, gamma: float, rule: str, tau: int):
+    """(gamma, rule): a numeric ``stepsize`` as given, else the synchronous theory step
+    ``gamma`` (found by ``rule``), divided by (1 + tau) for asynchronous runs.
 
-
-def _async_factor(tau: int) -> float:
-    # HEURISTIC, not proven for compressed methods: delayed-gradient methods are stable
-    # with steps of order 1/(L (1 + tau)) (Arjevani, Shamir & Srebro 2020 for delayed GD on
-    # quadratics); we divide the synchronous step by (1 + tau).
-    return 1.0 / (1.0 + tau)
+    The division is a HEURISTIC, not proven for compressed methods: delayed-gradient methods
+    are stable with steps of order 1/(L (1 + tau)) (Arjevani, Shamir & Srebro 2020 for
+    delayed GD on quadratics).
+    """
+    if cfg_alg["stepsize"] != "theory":
+        return float(cfg_alg["stepsize"]), "given in the config"
+    if tau:
+        return gamma * (1.0 / (1.0 + tau)), rule + " / (1+tau) (heuristic)"
+    return gamma, rule
 
 
 def _default_form(cls, cfg_alg) -> str:
@@ -239,8 +240,7 @@ class GD(Algorithm):
     @classmethod
     def resolve(cls, cfg, compressor, consts, weights, tau):
         a = cfg["algorithm"]
-        gamma, rule = _given_or(a, 1.0 / consts.L * _async_factor(tau),
-                                "1/L (proven)" + (" / (1+tau) (heuristic)" if tau else ""))
+        gamma, rule = _step_size(a, 1.0 / consts.L, "1/L (proven)", tau)
         return Hyper(gamma=gamma, momentum=a["momentum"], form=_default_form(cls, a), rule=rule)
 
 
@@ -262,11 +262,7 @@ class DQGD(Algorithm):
         # min_i 2/((mu + L_i)(1 + 2 omega w_i)).
         L_i = np.asarray(consts.L_i, dtype=np.float64)
         g = float(np.min(2.0 / ((consts.mu + L_i) * (1.0 + 2.0 * omega * np.asarray(weights)))))
-        rule = "min_i 2/((mu+L_i)(1+2 omega w_i)) (proven, sync)"
-        if tau:
-            g *= _async_factor(tau)
-            rule += " / (1+tau) (heuristic)"
-        gamma, rule = _given_or(a, g, rule)
+        gamma, rule = _step_size(a, g, "min_i 2/((mu+L_i)(1+2 omega w_i)) (proven, sync)", tau)
         return Hyper(gamma=gamma, momentum=a["momentum"], form=_default_form(cls, a), rule=rule)
 
 
@@ -297,10 +293,7 @@ class DIANA(Algorithm):
             # heavy ball multiplies the effective step by 1/(1-beta): keep it (heuristic)
             g *= 1.0 - a["momentum"]
             rule += " * (1-momentum) (heuristic)"
-        if tau:
-            g *= _async_factor(tau)
-            rule += " / (1+tau) (heuristic)"
-        gamma, rule = _given_or(a, g, rule)
+        gamma, rule = _step_size(a, g, rule, tau)
         return Hyper(gamma=gamma, alpha=alpha, momentum=a["momentum"],
                      form=_default_form(cls, a), rule=rule)
 
@@ -330,11 +323,7 @@ class EF21(Algorithm):
     def resolve(cls, cfg, compressor, consts, weights, tau):
         a = cfg["algorithm"]
         g, scale = _ef21_step(compressor, consts, weights)
-        rule = "1/(L + L~ sqrt(beta/theta)) (proven, sync)"
-        if tau:
-            g *= _async_factor(tau)
-            rule += " / (1+tau) (heuristic)"
-        gamma, rule = _given_or(a, g, rule)
+        gamma, rule = _step_size(a, g, "1/(L + L~ sqrt(beta/theta)) (proven, sync)", tau)
         return Hyper(gamma=gamma, form="table", message_scale=scale, rule=rule)
 
     def worker_vector(self, ws, grad):
@@ -367,8 +356,7 @@ class EF(Algorithm):
         # HEURISTIC: the EF21 step for the same contraction (the classic EF analyses
         # give steps of the same order but with loose constants).
         g, scale = _ef21_step(compressor, consts, weights)
-        g *= _async_factor(tau)
-        gamma, rule = _given_or(a, g, "EF21's step (heuristic for classic EF)")
+        gamma, rule = _step_size(a, g, "EF21's step (heuristic for classic EF)", tau)
         return Hyper(gamma=gamma, form="direct", message_scale=scale, rule=rule)
 
     def worker_vector(self, ws, grad):
