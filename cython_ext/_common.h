@@ -37,6 +37,20 @@ static inline void psgd_store_f32le(uint8_t *p, float f) { psgd_store_u32le(p, p
 static inline uint32_t psgd_load_u32le(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
+/* ---- LSB-first bit writer into an exact-size buffer (bit k of the stream is bit k % 8 of
+   byte k / 8): bits collect in acc and leave 32 at a time; flush writes the partial bytes */
+typedef struct { uint8_t *out; Py_ssize_t p; uint64_t acc; int nbits; } psgd_lsb_bw;
+static inline void psgd_lsb_put(psgd_lsb_bw *w, uint64_t v, int len) {  /* v < 2^len, len <= 32 */
+    w->acc |= v << w->nbits;                 /* nbits < 32 here: fits in 64 bits */
+    w->nbits += len;
+    if (w->nbits >= 32) {
+        psgd_store_u32le(w->out + w->p, (uint32_t)w->acc);
+        w->p += 4; w->acc >>= 32; w->nbits -= 32;
+    }
+}
+static inline void psgd_lsb_flush(psgd_lsb_bw *w) {
+    while (w->nbits > 0) { w->out[w->p++] = (uint8_t)w->acc; w->acc >>= 8; w->nbits -= 8; }
+}
 static inline uint64_t psgd_load_u64le(const uint8_t *p) {
     uint64_t v; memcpy(&v, p, 8);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__

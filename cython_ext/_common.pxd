@@ -18,6 +18,13 @@ cdef extern from "_common.h":
     void psgd_store_f32le(uint8_t *p, float f) noexcept nogil
     uint32_t psgd_load_u32le(const uint8_t *p) noexcept nogil
     uint64_t psgd_load_u64le(const uint8_t *p) noexcept nogil
+    ctypedef struct psgd_lsb_bw:
+        uint8_t *out
+        Py_ssize_t p
+        uint64_t acc
+        int nbits
+    void psgd_lsb_put(psgd_lsb_bw *w, uint64_t v, int len) noexcept nogil
+    void psgd_lsb_flush(psgd_lsb_bw *w) noexcept nogil
     int psgd_cpu_has_v4() noexcept nogil
     void psgd_set_use_v4(int on) noexcept nogil
 

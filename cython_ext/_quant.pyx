@@ -13,8 +13,9 @@ from libc.string cimport memset
 import numpy as np
 
 from _common cimport (GAMMA, psgd_mix64, psgd_f32_bits, psgd_f64_bits, psgd_u32_as_f32, psgd_store_f32le,
-                     psgd_load_u32le, psgd_cpu_has_v4, psgd_set_use_v4, real_in, real_out, _nblocks,
-                     isa_variants, use_isa, check_block_size)
+                     psgd_load_u32le, psgd_cpu_has_v4, psgd_set_use_v4, psgd_lsb_bw, psgd_lsb_put,
+                     psgd_lsb_flush, real_in, real_out, _nblocks, isa_variants, use_isa,
+                     check_block_size)
 
 cdef extern from *:
     """
@@ -605,22 +606,25 @@ def natdither_encode(const real_in[::1] x, const float[::1] scales, Py_ssize_t b
     cdef Py_ssize_t n = natdither_nbytes(d, block_size, levels), nb = _nblocks(d, block_size)
     if scales.shape[0] != nb or out.shape[0] != n:
         raise ValueError("natdither_encode: scales or out has the wrong length")
-    cdef Py_ssize_t i, blk, j = 0, end, p
+    cdef Py_ssize_t i, blk, j = 0, end
     for i in range(nb):
         if not (0.0 <= scales[i] <= 3.4028234663852886e38):
             raise ValueError("natdither_encode: scales must be finite and >= 0")
     if d == 0:
         return
-    cdef int b = <int>_natd_bits(levels), nbits = 0
+    cdef int b = <int>_natd_bits(levels)
     cdef uint32_t s = <uint32_t>levels
     cdef uint32_t code[CHUNK]
-    cdef uint64_t acc = 0
+    cdef psgd_lsb_bw w
     cdef double t, p2 = 2.0 ** (levels - 1)
     cdef Py_ssize_t k, m
     with nogil:
         for i in range(nb):
             psgd_store_f32le(&out[4 * i], scales[i] + <float>0.0)
-        p = 4 * nb
+        w.out = &out[4 * nb]
+        w.p = 0
+        w.acc = 0
+        w.nbits = 0
         for blk in range(nb):
             end = j + block_size if d - j > block_size else d
             t = <double>scales[blk]
@@ -633,22 +637,9 @@ def natdither_encode(const real_in[::1] x, const float[::1] scales, Py_ssize_t b
                 else:
                     psgd_natd_f64(&x[j], m, t, s, p2, seed + <uint64_t>j * GAMMA, code)
                 for k in range(m):
-                    acc |= <uint64_t>code[k] << nbits
-                    nbits += b
-                    if nbits >= 32:
-                        out[p] = <uint8_t>acc
-                        out[p + 1] = <uint8_t>(acc >> 8)
-                        out[p + 2] = <uint8_t>(acc >> 16)
-                        out[p + 3] = <uint8_t>(acc >> 24)
-                        p += 4
-                        acc >>= 32
-                        nbits -= 32
+                    psgd_lsb_put(&w, code[k], b)
                 j += m
-        while nbits > 0:
-            out[p] = <uint8_t>acc
-            p += 1
-            acc >>= 8
-            nbits -= 8
+        psgd_lsb_flush(&w)
 
 
 def natdither_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_size,
@@ -755,7 +746,7 @@ def rounding_encode(const real_in[::1] x, const uint8_t[::1] widths, Py_ssize_t 
     """Widths bytes, then each block's zig-zag codes in its width, LSB-first (kernels_ref)."""
     cdef Py_ssize_t d = x.shape[0]
     check_block_size(d, block_size)
-    cdef Py_ssize_t nb = _nblocks(d, block_size), blk, j = 0, end, p, total = 0, m, k
+    cdef Py_ssize_t nb = _nblocks(d, block_size), blk, j = 0, end, total = 0, m, k
     if widths.shape[0] != nb:
         raise ValueError("rounding_encode: widths has the wrong length")
     for blk in range(nb):
@@ -765,13 +756,17 @@ def rounding_encode(const real_in[::1] x, const uint8_t[::1] widths, Py_ssize_t 
         total += m * widths[blk]
     if out.shape[0] != nb + (total + 7) // 8:
         raise ValueError(f"rounding_encode: out has {out.shape[0]} bytes, expected {nb + (total + 7) // 8}")
-    cdef int nbits = 0, wb, bad = 0
-    cdef uint64_t acc = 0, mask
+    cdef int wb, bad = 0
+    cdef uint64_t mask
+    cdef psgd_lsb_bw w
     cdef uint32_t cbuf[CHUNK]
     with nogil:
         for blk in range(nb):
             out[blk] = widths[blk]
-        p = nb
+        w.out = &out[0]
+        w.p = nb
+        w.acc = 0
+        w.nbits = 0
         for blk in range(nb):
             end = j + block_size if d - j > block_size else d
             wb = widths[blk]
@@ -781,22 +776,9 @@ def rounding_encode(const real_in[::1] x, const uint8_t[::1] widths, Py_ssize_t 
                 _round_codes(&x[j], m, resolution, cbuf, &bad)
                 if wb:
                     for k in range(m):
-                        acc |= (<uint64_t>cbuf[k] & mask) << nbits
-                        nbits += wb
-                        if nbits >= 32:
-                            out[p] = <uint8_t>acc
-                            out[p + 1] = <uint8_t>(acc >> 8)
-                            out[p + 2] = <uint8_t>(acc >> 16)
-                            out[p + 3] = <uint8_t>(acc >> 24)
-                            p += 4
-                            acc >>= 32
-                            nbits -= 32
+                        psgd_lsb_put(&w, <uint64_t>cbuf[k] & mask, wb)
                 j += m
-        while nbits > 0:
-            out[p] = <uint8_t>acc
-            p += 1
-            acc >>= 8
-            nbits -= 8
+        psgd_lsb_flush(&w)
 
 
 def rounding_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_size,
