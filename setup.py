@@ -14,12 +14,15 @@ import glob
 import os
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 MODE = os.environ.get("PSGD_WITH_CYTHON", "").strip()
-PACKAGE_DIR = {"psgd": "psgd", "psgd.compressors": "psgd/compressors",
-               "psgd.server": "server", "psgd.workers": "workers"}
+# every package under psgd/ (found, so a new subpackage needs no edit here), plus the
+# two process folders mapped into it
+PACKAGE_DIR = {"psgd": "psgd", "psgd.server": "server", "psgd.workers": "workers",
+               **{f"psgd.{p}": os.path.join("psgd", *p.split("."))
+                  for p in find_packages("psgd")}}
 
 
 def extensions():

@@ -16,6 +16,7 @@ removed only after the new commit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -67,6 +68,37 @@ def load_arrays(path: str) -> dict:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError) as exc:
         raise RunError(f"cannot read checkpoint file {path}: {exc}") from None
+
+
+def state_arrays(state, prefix: str) -> dict:
+    """An algorithm state dataclass as ``{prefix + field: array}``, nested ones dotted.
+
+    The loops checkpoint whatever an algorithm declares without naming its fields; None
+    fields (unused by this configuration) are left out.
+    """
+    out = {}
+    for f in dataclasses.fields(state):
+        value, key = getattr(state, f.name), prefix + f.name
+        if value is None:
+            continue
+        if dataclasses.is_dataclass(value):
+            out.update(state_arrays(value, key + "."))
+        else:
+            out[key] = np.asarray(value)
+    return out
+
+
+def restore_state(state, arrays: dict, prefix: str) -> None:
+    """Set every field of ``state`` found in ``arrays`` (the inverse of state_arrays)."""
+    for f in dataclasses.fields(state):
+        value, key = getattr(state, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            restore_state(value, arrays, key + ".")
+        elif key in arrays:
+            saved = arrays[key]
+            if isinstance(value, (bool, int, float)):  # scalars come back as 0-d arrays
+                saved = type(value)(saved)
+            setattr(state, f.name, saved)
 
 
 def rng_state(rng: np.random.Generator) -> np.ndarray:

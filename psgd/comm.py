@@ -1,4 +1,4 @@
-"""MPI plumbing shared by the server and the workers: tags and polite waiting.
+"""Polite waiting on MPI requests, shared by the links of the server and the workers.
 
 Every wait here polls with ``Test`` and sleeps with a growing back-off instead of
 blocking in MPI. On an oversubscribed node (5 ranks on 2 cores is the quick start)
@@ -10,13 +10,7 @@ from __future__ import annotations
 
 import time
 
-from mpi4py import MPI
-
 from .errors import RunError
-
-TAG_UP = 11     # worker -> server (GRAD, BYE)
-TAG_DOWN = 12   # server -> worker (MODEL, STOP)
-SERVER = 0
 
 
 class Backoff:
@@ -50,6 +44,8 @@ def wait(request: MPI.Request, deadline_s: float, what: str, status=None) -> Non
 
 def cancel_all(requests) -> None:
     """Cancel and complete every still-pending request (receives we no longer want)."""
+    from mpi4py import MPI
+
     for req in requests:
         if req is not None and req != MPI.REQUEST_NULL:
             if not req.Test():
@@ -60,6 +56,7 @@ def cancel_all(requests) -> None:
 def allreduce_max(comm, value: int, deadline_s: float, what: str) -> int:
     """A non-blocking MAX all-reduce of one int, waited for politely (setup handshakes)."""
     import numpy as np
+    from mpi4py import MPI
 
     send = np.array([value], dtype=np.int64)
     recv = np.zeros(1, dtype=np.int64)

@@ -14,99 +14,18 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 
 import numpy as np
 
-from . import algorithms, checkpoint, config, metrics, problems
-from .compressors import get_compressor
+from . import checkpoint, config, metrics, problems
 from .errors import ConfigError, DataFormatError, PsgdError
+from .runtime import RunContext, build_context
+from .transport import Roles
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: the run was stopped by SIGTERM/SIGUSR1 after writing a checkpoint; --resume continues it
 EXIT_CHECKPOINTED = 3
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-@dataclass
-class RunContext:
-    """Everything a server or worker needs, built identically on every rank."""
-
-    cfg: dict
-    ps: object
-    n: int
-    d: int
-    compressor: object
-    downlink: object
-    downlink_is_identity: bool
-    #: a worker's model moves by downlink_scale * C(x - x_worker); 1/(1+omega) for an unbiased
-    #: C makes it a contraction, so the worker's copy converges to the server's model
-    downlink_scale: float
-    consts: algorithms.Constants
-    alg: algorithms.Algorithm
-    x0: np.ndarray
-    has_l1: bool
-    f_star: float = float("nan")
-    x_star: np.ndarray | None = None
-    solve_s: float = 0.0
-
-    @property
-    def hyper(self):
-        return self.alg.hyper
-
-    def prox(self, x, step):
-        return self.ps.reg.prox(x, step)
-
-    def _streams(self):
-        # one independent stream per rank: SeedSequence(seed).spawn(n + 1)[rank]
-        return np.random.SeedSequence(self.cfg["seed"]).spawn(self.n + 1)
-
-    @property
-    def down_rng(self):
-        if not hasattr(self, "_down_rng"):
-            self._down_rng = np.random.default_rng(self._streams()[0])
-        return self._down_rng
-
-    def worker_rngs(self, j):
-        comp, batch = self._streams()[j + 1].spawn(2)
-        return np.random.default_rng(comp), np.random.default_rng(batch)
-
-    def shared_key(self, j, seq):
-        """The (seed, worker, step) stream shared-seed compressors use on both ends."""
-        if not self.compressor.shared_randomness:
-            return None
-        return int(np.random.SeedSequence([self.cfg["seed"], j, seq]).generate_state(1, np.uint64)[0])
-
-    def decode_message(self, payload, seq, j):
-        y = self.compressor.decode(payload, key=self.shared_key(j, seq), d=self.d)
-        if self.hyper.message_scale != 1.0:
-            y *= self.hyper.message_scale
-        return y
-
-
-def build_context(cfg: dict, n_workers: int) -> RunContext:
-    ps = problems.make_problem(cfg["problem"], cfg["data"], cfg["seed"], n_workers)
-    c = problems.constants(ps)
-    consts = algorithms.Constants(L=float(c["L"]), L_i=[float(v) for v in c["L_i"]],
-                                  mu=float(c["mu"]), d=ps.d)
-    compressor = get_compressor(cfg["compressor"])
-    down_cfg = (cfg["run"]["downlink"] or {}).get("compressor") or {"name": "identity", "dtype": "float64"}
-    downlink = get_compressor(down_cfg)
-    run = cfg["run"]
-    tau = run["max_staleness"] if run["mode"] == "async" else 0
-    bad = [k for k in run["worker_delay"] if k >= n_workers]
-    if bad:
-        raise ConfigError(f"run.worker_delay: worker index {bad[0]} does not exist; allowed: "
-                          f"0..{n_workers - 1} ({n_workers} workers)")
-    alg = algorithms.build(cfg, compressor, consts, ps.weights, tau)
-    exact_down = down_cfg["name"] == "identity" and down_cfg.get("dtype", "float64") == "float64"
-    down_scale = 1.0
-    if not exact_down and downlink.unbiased:
-        down_scale = 1.0 / (1.0 + downlink.omega(ps.d))
-    return RunContext(cfg=cfg, ps=ps, n=n_workers, d=ps.d, compressor=compressor, downlink=downlink,
-                      downlink_is_identity=exact_down, downlink_scale=down_scale,
-                      consts=consts, alg=alg, x0=ps.initial_point(),
-                      has_l1=cfg["problem"].get("l1", 0.0) > 0)
 
 
 def _launch_hint(path):
@@ -145,11 +64,15 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False) -
             cfg["output"]["dir"] = out
         if resume:
             resume_step = checkpoint.check_resumable(cfg["output"]["dir"], cfg)
-        ctx = build_context(cfg, size - 1)
-        if rank == 0:  # f* to high accuracy; its failures are setup failures too
+        roles = Roles.layout(size)
+        ctx = build_context(cfg, roles)
+        if roles.of(rank)[0] == "server":  # f* to high accuracy; its failures are setup failures
             t_solve = time.perf_counter()
             ctx.x_star, ctx.f_star = problems.solve(ctx.ps)
             ctx.solve_s = time.perf_counter() - t_solve
+            if ctx.f_star is None and cfg["run"]["target"] is not None:
+                raise ConfigError(f"run.target: got {cfg['run']['target']:g}, but problem "
+                                  f"{cfg['problem']['name']} does not know f*; allowed: null")
     except (ConfigError, DataFormatError) as exc:
         code, message = EXIT_USAGE, f"psgd: error: {exc}"
     except Exception as exc:  # noqa: BLE001 - reported below, then every rank stops
@@ -166,20 +89,15 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False) -
         return worst % 16
 
     # -- the run; any exception from here on aborts the whole job ---------------------
-    role = "server" if rank == 0 else f"worker {rank - 1}"
+    role, index = ctx.roles.of(rank)
     try:
-        if rank == 0:
+        if role == "server":
             return _run_server(comm, ctx, resume_step, received, path)
-        from psgd.workers.loop import Worker
-
-        worker = Worker(comm, ctx, rank - 1)
-        if resume_step is not None:
-            worker.restore(resume_step)
-        worker.run()
-        return EXIT_OK
+        return _run_worker(comm, ctx, index, resume_step)
     except BaseException as exc:  # noqa: BLE001
         text = str(exc) if isinstance(exc, PsgdError) else f"{type(exc).__name__}: {exc}"
-        print(f"psgd: error on rank {rank} ({role}): {text}", file=sys.stderr, flush=True)
+        print(f"psgd: error on rank {rank} ({ctx.roles.name(rank)}): {text}", file=sys.stderr,
+              flush=True)
         if os.environ.get("PSGD_DEBUG") or not isinstance(exc, PsgdError):
             traceback.print_exc()
         sys.stderr.flush()
@@ -188,8 +106,29 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False) -
         return EXIT_FAILED
 
 
+def _run_worker(comm, ctx: RunContext, j: int, resume_step) -> int:
+    from psgd.transport import WorkerLink
+    from psgd.workers.loop import Worker
+
+    link = WorkerLink(comm, ctx.roles, j, wire_nbytes(ctx.uplink.max_nbytes()),
+                      wire_nbytes(ctx.downlink.max_nbytes()), Worker.reply_deadline(ctx.cfg))
+    worker = Worker(link, ctx, j)
+    if resume_step is not None:
+        worker.restore(resume_step)
+    worker.run()
+    return EXIT_OK
+
+
+def wire_nbytes(codec_nbytes: int) -> int:
+    """A message's size: the envelope plus the codec's bytes."""
+    from psgd import wire
+
+    return wire.HEADER_NBYTES + codec_nbytes
+
+
 def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -> int:
     from psgd.server.loop import Server
+    from psgd.transport import ServerLink
 
     cfg = ctx.cfg
     out_dir = cfg["output"]["dir"]
@@ -201,13 +140,17 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
     print(f"psgd {cfg['algorithm']['name']} | {cfg['problem']['name']} on {_describe(ctx)} | "
           f"{ctx.n} workers | compressor {cfg['compressor']['name']} | mode {cfg['run']['mode']}"
           f" (tau={cfg['run']['max_staleness']})", flush=True)
-    print(f"constants: L={ctx.consts.L:.6g} mu={ctx.consts.mu:.6g} "
-          f"L_i=[{', '.join(f'{v:.4g}' for v in ctx.consts.L_i)}] f*={ctx.f_star:.12g} "
+    c = ctx.consts
+    L_i = "unknown" if c.L_i is None else f"[{', '.join(f'{v:.4g}' for v in c.L_i)}]"
+    print(f"constants: L={_fmt(c.L)} mu={_fmt(c.mu)} L_i={L_i} f*={_fmt(ctx.f_star, '.12g')} "
           f"(solved in {ctx.solve_s:.1f} s)", flush=True)
     print(f"step sizes: gamma={h.gamma:.6g} alpha={h.alpha:.6g} momentum={h.momentum:g} "
-          f"form={h.form} omega={_fmt(omega)} [{h.rule}]", flush=True)
+          f"form={h.form} omega={_fmt(omega)}{f' p={h.p_full:.6g}' if h.p_full else ''} "
+          f"[{h.rule}]", flush=True)
     mets = metrics.Metrics(ctx, out_dir, resume=resume_step is not None)
-    server = Server(comm, ctx, mets, stop_requests=received)
+    link = ServerLink(comm, ctx.roles, wire_nbytes(ctx.uplink.max_nbytes()),
+                      wire_nbytes(ctx.downlink.max_nbytes()), cfg["run"]["timeout_s"])
+    server = Server(link, ctx, mets, stop_requests=received)
     if resume_step is not None:
         print(f"resuming from the checkpoint at step {resume_step}", flush=True)
     t0 = time.perf_counter()
@@ -237,6 +180,7 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
         "stepsize_rule": h.rule,
         "alpha": h.alpha,
         "momentum": h.momentum,
+        **({"p_full": h.p_full} if h.p_full else {}),
         "async_form": h.form,
         "omega": omega,
         "delta": None if ctx.compressor.unbiased else ctx.compressor.delta(ctx.d),
@@ -248,7 +192,7 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
     np.save(os.path.join(out_dir, "model.npy"), server.state.x)
     metrics.write_json(os.path.join(out_dir, "summary.json"), summary)
     print(f"done: {status} after {summary['iterations']} steps in {wall:.2f} s; "
-          f"final subopt {summary['final_subopt']:.3e}; bits up {metrics.fmt_bits(summary['bits_up_total'])}, "
+          f"final subopt {_fmt(summary['final_subopt'], '.3e')}; bits up {metrics.fmt_bits(summary['bits_up_total'])}, "
           f"down {metrics.fmt_bits(summary['bits_down_total'])}; staleness max {summary['staleness_max']}; "
           f"wrote {out_dir}/summary.json", flush=True)
     return EXIT_OK
@@ -258,8 +202,8 @@ def _omega(ctx):
     return ctx.compressor.omega(ctx.d) if ctx.compressor.unbiased else None
 
 
-def _fmt(v):
-    return "n/a" if v is None else f"{v:.6g}"
+def _fmt(v, spec=".6g"):
+    return "n/a" if v is None else format(v, spec)
 
 
 def _describe(ctx):

@@ -60,11 +60,12 @@ class Metrics:
         loss = float(smooth + ctx.ps.reg.value(x))
         if ctx.has_l1:
             # the prox-gradient mapping norm: zero exactly at the composite optimum
-            step = 1.0 / ctx.consts.L
+            step = ctx.hyper.gamma if ctx.consts.L is None else 1.0 / ctx.consts.L
             gnorm = float(np.linalg.norm(x - ctx.prox(x - step * grad, step)) / step)
         else:
             gnorm = float(np.linalg.norm(grad))
-        return {"loss": loss, "subopt": loss - ctx.f_star, "grad_norm": gnorm}
+        subopt = None if ctx.f_star is None else loss - ctx.f_star  # null where f* is unknown
+        return {"loss": loss, "subopt": subopt, "grad_norm": gnorm}
 
     def log(self, server, force=False):
         """Record the current model if it is a logging step; return the record or None."""
@@ -77,7 +78,8 @@ class Metrics:
                "staleness_max": max(server.staleness, default=0)}
         self.file.write(json.dumps(rec) + "\n")
         self.last_step, self.last = k, rec
-        print(f"step {k:>7}/{self.iterations}  subopt {rec['subopt']:.3e}  loss {rec['loss']:.9e}  "
+        subopt = "n/a" if rec["subopt"] is None else f"{rec['subopt']:.3e}"
+        print(f"step {k:>7}/{self.iterations}  subopt {subopt}  loss {rec['loss']:.9e}  "
               f"bits_up {fmt_bits(rec['bits_up'])}  bits_down {fmt_bits(rec['bits_down'])}  "
               f"stale<= {rec['staleness_max']}  {rec['time_s']:.1f} s",
               file=self.stream, flush=True)

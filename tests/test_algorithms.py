@@ -5,6 +5,8 @@ import pytest
 
 from psgd import algorithms
 from psgd.compressors import get_compressor
+from psgd.runtime import Streams
+from psgd.steps import Uplink, decode_message, worker_step
 from psgd.validation import check_params
 
 
@@ -38,19 +40,19 @@ def cfg_for(name, form=None, **alg):
 
 
 def simulate(alg, comp, locs, steps, seed=0, order=None):
+    """Synchronous steps in-process through the same message path the MPI loops use."""
     d = locs[0].A.shape[1]
     rng = np.random.default_rng(seed)
+    uplink = Uplink(comp, alg, Streams(seed, len(locs)), d)
     ss = alg.server_init(np.zeros(d))
     wss = [alg.worker_init(d) for _ in locs]
-    for _ in range(steps):
+    buf = np.empty(uplink.max_nbytes(), np.uint8)
+    for k in range(steps):
         batch = []
         for i in (order or range(len(locs))):
-            v = alg.worker_vector(wss[i], locs[i].grad(ss.x))
-            buf, y = comp.encode_decode(v, rng)
-            y *= alg.hyper.message_scale
-            alg.worker_update(wss[i], v, y)
-            batch.append((i, comp.decode(buf, d=d) * alg.hyper.message_scale))
-        alg.server_apply(ss, sorted(batch, key=lambda t: t[0]), lambda x, g: x)
+            n = worker_step(alg, uplink, wss[i], locs[i].grad(ss.x), i, k, rng, buf)
+            batch.append(decode_message(alg, uplink, buf[:n], i, k))
+        alg.server_apply(ss, sorted(batch, key=lambda m: m.worker), lambda x, g: x)
     return ss.x
 
 

@@ -78,7 +78,8 @@ SCRIPT = textwrap.dedent('''
     import numpy as np
 
     from psgd import wire
-    from psgd.comm import TAG_DOWN, TAG_UP, allreduce_max
+    from psgd.comm import allreduce_max
+    from psgd.transport import TAG_DOWN, TAG_UP
     from psgd.compressors import get_compressor
 
     allreduce_max(comm, 0, 600, "setup on all ranks")   # the launcher's setup handshake

@@ -153,7 +153,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path):
     assert code == 1
     assert "checkpoint at step 100 could not be written" in err and "(step 75) is intact" in err
     assert checkpoint.latest(str(out)) == 75
-    assert "x" in checkpoint.load_arrays(str(out / "checkpoints" / "step-000000075" / "server.npz"))
+    assert "alg.x" in checkpoint.load_arrays(str(out / "checkpoints" / "step-000000075" / "server.npz"))
 
 
 def test_atomic_write_failure_leaves_old_file(tmp_path, monkeypatch):

@@ -1,9 +1,9 @@
-"""The worker process (ranks 1..n): local data, gradients, compression, send/receive.
+"""The worker process: local data, gradients, compression, send/receive.
 
-Loop: receive a model (or STOP) -> gradient of f_i at it -> the algorithm's vector
--> encode -> Isend one uint8 buffer. The receive for the next model is posted
-before the gradient is computed so the server's send completes without buffering.
-On STOP the worker answers BYE, completes every request and returns.
+Loop: receive a model (or STOP) -> gradient of f_i at it -> :func:`psgd.steps.worker_step`
+(the algorithm's vector, encoded into the send buffer) -> send. The receive for the next
+model is posted before the gradient is computed so the server's send completes without
+buffering. On STOP the worker answers BYE, completes every request and returns.
 """
 
 from __future__ import annotations
@@ -12,64 +12,65 @@ import os
 import time
 
 import numpy as np
-from mpi4py import MPI
 
-from psgd import checkpoint, wire
-from psgd.comm import SERVER, TAG_DOWN, TAG_UP, wait
+from psgd import checkpoint, steps, wire
 from psgd.errors import RunError, WireFormatError
 
 
 class Worker:
-    def __init__(self, comm, ctx, index: int):
-        self.comm = comm
+    def __init__(self, link, ctx, index: int):
+        self.link = link
         self.ctx = ctx
         self.j = index
         self.d = ctx.d
         self.objective = ctx.ps.local(index)
         self.state = ctx.alg.worker_init(self.d)
-        self.rng, self.batch_rng = ctx.worker_rngs(index)
+        self.rng, self.batch_rng = ctx.streams.worker(index)
         self.delay = float(ctx.cfg["run"]["worker_delay"].get(index, 0.0))
         self.batch_size = ctx.cfg["algorithm"]["batch_size"]
-        self.recv_buf = np.empty(wire.HEADER_NBYTES + ctx.downlink.max_nbytes(self.d), np.uint8)
-        self.send_buf = np.empty(wire.HEADER_NBYTES + ctx.compressor.max_nbytes(self.d), np.uint8)
-        self.send_req = MPI.REQUEST_NULL
         self.x = ctx.x0.astype(np.float64).copy()  # the model as this worker knows it
         self.seq_in = 0
         self.seq_out = 0
-        # A held-back fast worker may legitimately wait for the slowest one, and the
-        # first model waits for the server's setup (f* to high accuracy): be generous.
-        self.deadline = 2 * ctx.cfg["run"]["timeout_s"] + 30
+        self.deadline = self.reply_deadline(ctx.cfg)
         self.first_deadline = max(self.deadline, 600.0)
 
+    @staticmethod
+    def reply_deadline(cfg) -> float:
+        """How long a worker waits for the server. A held-back fast worker may legitimately
+        wait for the slowest one, and the first model waits for the server's setup (f* to
+        high accuracy): be generous."""
+        return 2 * cfg["run"]["timeout_s"] + 30
+
     def run(self):
-        status = MPI.Status()
-        req = self._post_recv()
+        self.link.post_recv()
         deadline = self.first_deadline
-        while True:
-            wait(req, deadline, f"a message from the server (worker {self.j})", status)
+        while self.handle(*self.link.wait_recv(deadline)):
             deadline = self.deadline
-            header, payload = self._parse(status)
-            if header.kind == wire.STOP:
-                break
-            if header.kind == wire.CKPT:
-                self._checkpoint(header.version)
-                req = self._post_recv()
-                continue
-            self._apply_model(payload)
-            req = self._post_recv()
-            self._send_gradient(header.version)
-        self._send(wire.BYE, 0, b"")
-        wait(self.send_req, self.deadline, f"the goodbye of worker {self.j}")
+        self._send(wire.BYE, 0)
+        self.link.close()
+
+    def handle(self, buf, nbytes) -> bool:
+        """Act on one message from the server; False once it said STOP."""
+        header, payload = self._parse(buf, nbytes)
+        if header.kind == wire.STOP:
+            return False
+        if header.kind == wire.CKPT:
+            self._checkpoint(header.version)
+            self.link.post_recv()
+            return True
+        try:
+            self.x = self.ctx.downlink.apply(payload, self.x)
+        except WireFormatError as exc:
+            raise RunError(f"worker {self.j}: bad model message from the server: {exc}") from None
+        self.link.post_recv()
+        self._send_gradient(header.version)
+        return True
 
     # -- receiving -------------------------------------------------------------------
 
-    def _post_recv(self):
-        return self.comm.Irecv([self.recv_buf, MPI.BYTE], source=SERVER, tag=TAG_DOWN)
-
-    def _parse(self, status):
-        nbytes = status.Get_count(MPI.BYTE)
+    def _parse(self, buf, nbytes):
         try:
-            header, payload = wire.parse(self.recv_buf, nbytes, sender="the server")
+            header, payload = wire.parse(buf, nbytes, sender="the server")
             if header.kind not in (wire.MODEL, wire.STOP, wire.CKPT) or header.worker != self.j \
                     or header.seq != self.seq_in:
                 raise WireFormatError(f"unexpected {wire.KIND_NAMES[header.kind]} message "
@@ -81,13 +82,6 @@ class Worker:
             self.seq_in += 1
         return header, payload
 
-    def _apply_model(self, payload):
-        down = self.ctx.downlink
-        if self.ctx.downlink_is_identity:
-            self.x = down.decode(payload, d=self.d)
-        else:
-            down.decode_add(payload, self.x, self.ctx.downlink_scale)
-
     # -- checkpoints -----------------------------------------------------------------
 
     def _state_path(self, step):
@@ -98,20 +92,18 @@ class Worker:
         """Write this worker's state for the server's checkpoint ``step``, then ACK."""
         try:
             checkpoint.save_arrays(self._state_path(step), {
-                "memory": self.state.memory, "x": self.x,
+                **checkpoint.state_arrays(self.state, "alg."), "x": self.x,
                 "seq": np.array([self.seq_in, self.seq_out]),
-                "rng": checkpoint.rng_state(self.rng), "batch_rng": checkpoint.rng_state(self.batch_rng)})
+                "rng": checkpoint.rng_state(self.rng),
+                "batch_rng": checkpoint.rng_state(self.batch_rng)})
         except OSError as exc:
             raise checkpoint.write_error(self.ctx.cfg["output"]["dir"], step, exc,
                                          f"worker {self.j}: ") from None
-        wait(self.send_req, self.deadline, f"the previous send of worker {self.j}")
-        n = wire.pack_into(self.send_buf, wire.ACK, self.j, step, self.seq_out, b"")
-        self.send_req = self.comm.Isend([self.send_buf[:n], MPI.BYTE], dest=SERVER, tag=TAG_UP)
+        self._send(wire.ACK, step, advance=False)
 
     def restore(self, step):
         a = checkpoint.load_arrays(self._state_path(step))
-        if "memory" in a:
-            self.state.memory = a["memory"]
+        checkpoint.restore_state(self.state, a, "alg.")
         self.x = a["x"]
         self.seq_in, self.seq_out = (int(v) for v in a["seq"])
         checkpoint.set_rng_state(self.rng, a["rng"])
@@ -120,7 +112,6 @@ class Worker:
     # -- sending ---------------------------------------------------------------------
 
     def _send_gradient(self, version):
-        ctx = self.ctx
         if self.delay:
             time.sleep(self.delay)
         if self.batch_size is None:
@@ -130,25 +121,14 @@ class Worker:
         if not np.all(np.isfinite(g)):
             raise RunError(f"worker {self.j}: the gradient at its step {self.seq_out} "
                            f"(model version {version}) contains NaN or Inf")
-        v = ctx.alg.worker_vector(self.state, g)
-        key = ctx.shared_key(self.j, self.seq_out)
-        wait(self.send_req, self.deadline, f"the previous send of worker {self.j}")
-        body = self.send_buf[wire.HEADER_NBYTES:]
-        if ctx.alg.memory is None:  # no memory to update: encode in place, no decode
-            n = ctx.compressor.encode_into(v, self.rng, body, key=key)
-        else:
-            buf, y = ctx.compressor.encode_decode(v, self.rng, key=key)
-            if ctx.hyper.message_scale != 1.0:
-                y *= ctx.hyper.message_scale
-            ctx.alg.worker_update(self.state, v, y)
-            n = buf.size
-            body[:n] = buf
-        self._isend(wire.pack_header(self.send_buf, wire.GRAD, self.j, version, self.seq_out, n))
-
-    def _send(self, kind, version, payload):
-        wait(self.send_req, self.deadline, f"the previous send of worker {self.j}")
-        self._isend(wire.pack_into(self.send_buf, kind, self.j, version, self.seq_out, payload))
-
-    def _isend(self, n):
-        self.send_req = self.comm.Isend([self.send_buf[:n], MPI.BYTE], dest=SERVER, tag=TAG_UP)
+        buf = self.link.send_buffer()
+        n = steps.worker_step(self.ctx.alg, self.ctx.uplink, self.state, g, self.j, self.seq_out,
+                              self.rng, buf[wire.HEADER_NBYTES:])
+        self.link.send(wire.pack_header(buf, wire.GRAD, self.j, version, self.seq_out, n))
         self.seq_out += 1
+
+    def _send(self, kind, version, advance=True):
+        buf = self.link.send_buffer()
+        self.link.send(wire.pack_into(buf, kind, self.j, version, self.seq_out, b""))
+        if advance:  # a checkpoint ACK does not advance the sequence
+            self.seq_out += 1

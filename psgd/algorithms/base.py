@@ -1,0 +1,251 @@
+"""What every algorithm shares: hyper-parameters, problem constants, state and the update.
+
+An algorithm knows nothing of bytes or MPI. Its hyper-parameters are frozen in a
+:class:`Hyper` computed once by ``resolve`` (``stepsize: theory`` uses L, L_i, mu, omega or
+delta, the worker weights and tau). All mutable state lives in explicit dataclasses that the
+algorithm declares (optax style): a worker state (DIANA's shift h_i, EF's error e_i, ...) and a
+server state (the model x, the step, and what the algorithm needs there). Checkpoints walk
+those dataclasses field by field (:func:`psgd.checkpoint.state_arrays`), so the server and
+worker loops never name an algorithm's fields.
+
+Worker side, per gradient g of f_i at the worker's ``seq``-th message (see psgd.steps)::
+
+    full = alg.full_message(seq)        # exact float64 this time? (MARINA's coin)
+    v = alg.worker_vector(ws, g, full)  # the vector to compress
+    y = decode(encode(v))               # exactly what the server will decode
+    alg.worker_update(ws, v, y)         # only when alg.needs_decoded
+
+Server side, for a batch of decoded :class:`Message` s in worker order::
+
+    alg.server_apply(ss, batch, prox)
+
+Two server forms (``algorithm.async_form``); with a batch holding every worker's fresh
+message they coincide with the synchronous algorithm:
+
+- ``table``: the server keeps each worker's latest entry (DIANA: h_i + y_i; DQGD: y_i;
+  EF21: g_i) and steps with their weighted sum (incremental aggregated gradient);
+- ``direct``: x <- x - gamma * sum over the batch of w_i * entry_i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..validation import AnyOf, Choice, Int, Nullable, Real
+
+COMMON_PARAMS = {
+    "stepsize": AnyOf(Choice("theory"), Real(0, closed="neither"), default="theory"),
+    "batch_size": Nullable(Int(1)),
+    "async_form": Nullable(Choice("table", "direct")),
+}
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """Resolved hyper-parameters, printed at start and written to summary.json."""
+
+    gamma: float
+    alpha: float = 0.0
+    momentum: float = 0.0
+    form: str = "table"
+    #: factor applied to every decoded message (1/(1+omega) turns an unbiased
+    #: compressor into a contraction for ef / ef21; 1 otherwise)
+    message_scale: float = 1.0
+    rule: str = ""  # which formula produced gamma, and whether it is proven
+    #: MARINA's probability of an exact (uncompressed) round; 0 for the others
+    p_full: float = 0.0
+
+    def as_dict(self):
+        return asdict(self)
+
+
+@dataclass
+class Constants:
+    """Problem constants the step-size rules need (None where the problem cannot tell)."""
+
+    L: float | None
+    L_i: list | None
+    mu: float | None
+    d: int
+
+    @property
+    def known(self) -> bool:
+        return self.L is not None and self.L_i is not None and self.mu is not None
+
+
+class Message(NamedTuple):
+    """One decoded worker message, as the server applies it."""
+
+    worker: int
+    y: np.ndarray
+    #: True when the message is the exact vector, not a compressed one (MARINA's full rounds)
+    full: bool = False
+
+
+@dataclass
+class Table:
+    """The table form's memory: every worker's latest entry and their weighted sum."""
+
+    entries: np.ndarray  # n x d
+    total: np.ndarray    # sum_i w_i entries[i]
+
+    @classmethod
+    def zeros(cls, n: int, d: int) -> "Table":
+        return cls(np.zeros((n, d)), np.zeros(d))
+
+
+@dataclass
+class ServerState:
+    """What every server keeps; algorithms extend it with their own fields."""
+
+    x: np.ndarray
+    step: int = 0
+    table: Table | None = None          # table form only
+    velocity: np.ndarray | None = None  # heavy-ball momentum buffer, when momentum > 0
+
+
+@dataclass
+class WorkerState:
+    """A worker's algorithm memory; empty for algorithms without one (gd, dqgd)."""
+
+
+class Algorithm:
+    """Base class; subclasses set ``name``, ``params`` and override the hooks they need."""
+
+    name = ""
+    params = dict(COMMON_PARAMS)
+    compressed = True
+    forms = ("table", "direct")
+    #: the worker must see the decoded message to keep its memory in step with the server
+    needs_decoded = False
+    #: some messages are sent exactly (float64) instead of compressed (see full_message)
+    sends_full = False
+    #: what the compressor must be: None, "unbiased" (dqgd, diana) or "contraction" (ef, ef21)
+    requires = None
+    server_state = ServerState
+
+    def __init__(self, cfg: dict, hyper: Hyper, weights: np.ndarray, seed: int = 0):
+        self.cfg = cfg
+        self.hyper = hyper
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.n = len(self.weights)
+        self.seed = seed
+        self._buffers = {}
+
+    # -- config -----------------------------------------------------------------
+
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        from .stepsize import require_contraction, require_unbiased
+
+        form = cfg["algorithm"]["async_form"]
+        if form is not None and form not in cls.forms:
+            raise ConfigError(f"algorithm.async_form: got {form!r}; allowed for {cls.name}: "
+                              f"{', '.join(cls.forms)}")
+        if cls.requires == "unbiased":
+            require_unbiased(cfg)
+        elif cls.requires == "contraction":
+            require_contraction(cfg)
+        if not cls.compressed and cfg["compressor"]["name"] != "identity":
+            raise ConfigError(f"compressor.name: got {cfg['compressor']['name']!r}; allowed: identity "
+                              f"(algorithm {cls.name} sends uncompressed gradients; use dqgd or diana "
+                              f"to compress)")
+
+    @classmethod
+    def resolve(cls, cfg: dict, compressor, consts: Constants, weights, tau: int) -> Hyper:
+        """Turn the config (possibly ``stepsize: theory``) into frozen hyper-parameters."""
+        raise NotImplementedError
+
+    @classmethod
+    def default_form(cls, cfg_alg) -> str:
+        return cfg_alg["async_form"] or cls.forms[0]
+
+    # -- worker side --------------------------------------------------------------
+
+    def worker_init(self, d: int) -> WorkerState:
+        return WorkerState()
+
+    def full_message(self, seq: int) -> bool:
+        """Whether the worker's ``seq``-th message is sent exactly (uncompressed)."""
+        return False
+
+    def worker_vector(self, ws, grad: np.ndarray, full: bool = False) -> np.ndarray:
+        return grad
+
+    def worker_update(self, ws, v: np.ndarray, y: np.ndarray) -> None:
+        """Update the worker memory given the decoded (already scaled) message y."""
+
+    # -- server side --------------------------------------------------------------
+
+    def server_init(self, x0: np.ndarray) -> ServerState:
+        d = x0.size
+        return self.server_state(
+            x=x0.astype(np.float64).copy(),
+            table=Table.zeros(self.n, d) if self.hyper.form == "table" else None,
+            velocity=np.zeros(d) if self.hyper.momentum else None,
+            **self.server_fields(d))
+
+    def server_fields(self, d: int) -> dict:
+        """The algorithm's own server-state fields (beyond x, step, table, velocity)."""
+        return {}
+
+    def entry(self, ss, msg: Message, out: np.ndarray) -> None:
+        """Write worker msg.worker's contribution to the gradient estimate into ``out``."""
+        np.copyto(out, msg.y)
+
+    def server_apply(self, ss, batch, prox) -> None:
+        """One server update from ``batch``, a list of :class:`Message` in worker order.
+
+        Every pass writes into a preallocated vector: at d = 10^7 a fresh temporary costs
+        as much as the arithmetic it holds (page faults on 80 MB).
+        """
+        w = self.weights
+        table = ss.table
+        if table is not None:
+            if len(batch) == self.n:
+                # every worker fresh: recompute exactly (this is the synchronous step)
+                for msg in batch:
+                    self.entry(ss, msg, table.entries[msg.worker])
+                np.dot(w, table.entries, out=table.total)
+            else:
+                new = self.work("entry", ss.x.size)
+                for msg in batch:
+                    self.entry(ss, msg, new)
+                    row = table.entries[msg.worker]
+                    np.subtract(new, row, out=row)  # row = new - old, then total += w_i * row
+                    row *= w[msg.worker]
+                    table.total += row
+                    np.copyto(row, new)
+            direction = table.total
+        else:
+            direction = self.work("direction", ss.x.size)
+            direction.fill(0.0)
+            term = self.work("entry", ss.x.size)
+            for msg in batch:
+                self.entry(ss, msg, term)
+                term *= w[msg.worker]
+                direction += term
+        self.step(ss, direction, prox)
+        ss.step += 1
+
+    def step(self, ss, direction: np.ndarray, prox) -> None:
+        h = self.hyper
+        if ss.velocity is not None:
+            ss.velocity *= h.momentum
+            ss.velocity += direction
+            direction = ss.velocity
+        step = self.work("step", ss.x.size)
+        np.multiply(direction, h.gamma, out=step)
+        np.subtract(ss.x, step, out=ss.x)
+        ss.x = prox(ss.x, h.gamma)
+
+    def work(self, name: str, d: int) -> np.ndarray:
+        """A reusable server-side work vector (scratch: never part of the checkpointed state)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.size != d:
+            buf = self._buffers[name] = np.empty(d)
+        return buf

@@ -1,0 +1,157 @@
+"""What one run is made of, built identically on every rank: problem, algorithm, codecs,
+random streams, the downlink policy and the rank/role layout.
+
+:func:`build_context` is the only place these are put together; the launcher, the server
+and the workers read them from the :class:`RunContext` and never rebuild them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import algorithms, problems
+from .compressors import get_compressor
+from .errors import ConfigError
+from .steps import Uplink
+from .transport import Roles
+
+#: the model travels exactly unless run.downlink names a compressor
+EXACT_DOWNLINK = {"name": "identity", "dtype": "float64"}
+
+
+class Streams:
+    """The run's named random streams, all derived from ``seed``.
+
+    ``SeedSequence(seed).spawn(n + 1)``: child 0 is the server's (the downlink compressor's
+    randomness), child j + 1 is worker j's, split into its compressor stream and its
+    minibatch stream. Shared-seed compressors (rand_k, the sketches) key their stream by
+    (seed, worker, seq) on both ends, so no indices travel.
+    """
+
+    SERVER = 0
+
+    def __init__(self, seed: int, n_workers: int):
+        self.seed = seed
+        self.n_workers = n_workers
+
+    def _child(self, i: int) -> np.random.SeedSequence:
+        # a fresh spawn each time: the same call always gives the same stream
+        return np.random.SeedSequence(self.seed).spawn(self.n_workers + 1)[i]
+
+    def downlink(self) -> np.random.Generator:
+        return np.random.default_rng(self._child(self.SERVER))
+
+    def worker(self, j: int):
+        """(compressor stream, minibatch stream) of worker j."""
+        comp, batch = self._child(j + 1).spawn(2)
+        return np.random.default_rng(comp), np.random.default_rng(batch)
+
+    def shared_key(self, j: int, seq: int) -> int:
+        return int(np.random.SeedSequence([self.seed, j, seq]).generate_state(1, np.uint64)[0])
+
+
+class Downlink:
+    """How the model goes back to the workers.
+
+    Exact (the default): the float64 model itself. Compressed (``run.downlink``): the
+    server keeps, per worker, the model that worker knows (its mirror) and sends
+    C(x - mirror); both ends move the mirror by ``scale`` * C(.), with scale = 1/(1+omega)
+    for an unbiased C so that the worker's copy converges to the server's model.
+    """
+
+    def __init__(self, run_cfg: dict, d: int):
+        cfg = (run_cfg["downlink"] or {}).get("compressor") or EXACT_DOWNLINK
+        self.compressor = get_compressor(cfg)
+        self.exact = cfg["name"] == "identity" and cfg.get("dtype", "float64") == "float64"
+        self.scale = 1.0
+        if not self.exact and self.compressor.unbiased:
+            self.scale = 1.0 / (1.0 + self.compressor.omega(d))
+        self.d = d
+
+    def max_nbytes(self) -> int:
+        return self.compressor.max_nbytes(self.d)
+
+    def mirrors(self, x0: np.ndarray, n: int):
+        """The server's per-worker mirrors (None for an exact downlink)."""
+        return None if self.exact else np.tile(x0, (n, 1))
+
+    def encode(self, x, mirror, rng, out: np.ndarray) -> int:
+        """Server: the message that brings a worker from ``mirror`` to ``x`` (mirror moves)."""
+        if mirror is None:  # the model itself, encoded straight into the send buffer
+            return self.compressor.encode_into(x, rng, out)
+        payload, y = self.compressor.encode_decode(x - mirror, rng)
+        mirror += self.scale * y
+        out[:payload.size] = payload
+        return payload.size
+
+    def apply(self, payload, x: np.ndarray) -> np.ndarray:
+        """Worker: its model after the server's message (raises WireFormatError)."""
+        if self.exact:
+            return self.compressor.decode(payload, d=self.d)
+        self.compressor.decode_add(payload, x, self.scale)
+        return x
+
+
+@dataclass
+class RunContext:
+    """Everything a server or worker needs, built identically on every rank."""
+
+    cfg: dict
+    ps: object
+    roles: Roles
+    compressor: object
+    uplink: Uplink
+    downlink: Downlink
+    consts: algorithms.Constants
+    alg: algorithms.Algorithm
+    streams: Streams
+    x0: np.ndarray
+    has_l1: bool
+    #: f* and x* where the problem knows them (rank 0 solves for them); None otherwise
+    f_star: float | None = None
+    x_star: np.ndarray | None = None
+    solve_s: float = 0.0
+    tau: int = field(default=0)
+
+    @property
+    def n(self) -> int:
+        return self.roles.n_workers
+
+    @property
+    def d(self) -> int:
+        return self.ps.d
+
+    @property
+    def hyper(self):
+        return self.alg.hyper
+
+    def prox(self, x, step):
+        return self.ps.reg.prox(x, step)
+
+
+def build_context(cfg: dict, roles: Roles) -> RunContext:
+    n = roles.n_workers
+    ps = problems.make_problem(cfg["problem"], cfg["data"], cfg["seed"], n)
+    c = problems.constants(ps)
+    consts = algorithms.Constants(
+        L=_maybe_float(c["L"]), mu=_maybe_float(c["mu"]), d=ps.d,
+        L_i=None if c["L_i"] is None else [float(v) for v in c["L_i"]])
+    compressor = get_compressor(cfg["compressor"])
+    run = cfg["run"]
+    tau = run["max_staleness"] if run["mode"] == "async" else 0
+    bad = [k for k in run["worker_delay"] if k >= n]
+    if bad:
+        raise ConfigError(f"run.worker_delay: worker index {bad[0]} does not exist; allowed: "
+                          f"0..{n - 1} ({n} workers)")
+    alg = algorithms.build(cfg, compressor, consts, ps.weights, tau)
+    streams = Streams(cfg["seed"], n)
+    return RunContext(cfg=cfg, ps=ps, roles=roles, compressor=compressor,
+                      uplink=Uplink(compressor, alg, streams, ps.d),
+                      downlink=Downlink(run, ps.d), consts=consts, alg=alg, streams=streams,
+                      x0=ps.initial_point(), has_l1=cfg["problem"].get("l1", 0.0) > 0, tau=tau)
+
+
+def _maybe_float(v):
+    return None if v is None else float(v)
