@@ -148,8 +148,13 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
           f"form={h.form} omega={_fmt(omega)}{f' p={h.p_full:.6g}' if h.p_full else ''} "
           f"[{h.rule}]", flush=True)
     mets = metrics.Metrics(ctx, out_dir, resume=resume_step is not None)
+    model_nbytes = wire_nbytes(ctx.downlink.max_nbytes())
+    # synchronous: one shared model buffer (the same bytes to every worker), and per-worker
+    # buffers only for control messages; asynchronous: a model buffer per worker
+    sync = ctx.alg.synchronous
     link = ServerLink(comm, ctx.roles, wire_nbytes(ctx.uplink.max_nbytes()),
-                      wire_nbytes(ctx.downlink.max_nbytes()), cfg["run"]["timeout_s"])
+                      wire_nbytes(0) if sync else model_nbytes, cfg["run"]["timeout_s"],
+                      shared_nbytes=model_nbytes if sync else 0)
     server = Server(link, ctx, mets, stop_requests=received)
     if resume_step is not None:
         print(f"resuming from the checkpoint at step {resume_step}", flush=True)

@@ -4,8 +4,12 @@ The MPI loops (psgd.server.loop, psgd.workers.loop) and the in-process tests cal
 these, so an algorithm or a compressor can be checked end to end without MPI::
 
     worker:  n = worker_step(alg, uplink, ws, grad, j, seq, rng, out)   # bytes in out[:n]
-    server:  msg = decode_message(alg, uplink, out[:n], j, seq)          # a Message
+    server:  msg = decode_message(alg, uplink, out[:n], j, seq)          # a Received message
              alg.server_apply(ss, [msg, ...], prox)                      # in worker order
+
+A received message is decoded when it is applied, straight into the vector that needs it
+(``msg.add_to(out, w)`` is one fused decode-and-accumulate pass, no d-sized temporary),
+and in worker order, so the result never depends on arrival order.
 
 ``seq`` is the worker's message count: it keys the shared-seed compressors' streams and
 MARINA's exact-round coin on both ends, so neither travels.
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .algorithms import Message
 from .compressors import get_compressor
 
 #: how an algorithm's exact rounds travel (MARINA's full gradients)
@@ -51,6 +54,38 @@ class Uplink:
             y *= self.scale
         return y
 
+    def decode_add(self, payload, out: np.ndarray, weight: float, j: int, seq: int,
+                   full: bool) -> None:
+        """out += weight * (the scaled decoded message), in one pass (raises WireFormatError)."""
+        codec = self.codec(full)
+        codec.decode_add(payload, out, weight * self.scale, key=self.key(codec, j, seq))
+
+
+class Received:
+    """Worker j's ``seq``-th message as the server holds it until an update applies it."""
+
+    __slots__ = ("worker", "seq", "full", "payload", "uplink")
+
+    def __init__(self, uplink: Uplink, payload, worker: int, seq: int, full: bool):
+        self.uplink = uplink
+        self.payload = np.array(payload, dtype=np.uint8)  # a copy: the receive buffer is reused
+        self.worker, self.seq, self.full = worker, seq, full
+
+    def add_to(self, out: np.ndarray, weight: float = 1.0) -> None:
+        """out += weight * message (raises WireFormatError for bytes encode did not produce)."""
+        self.uplink.decode_add(self.payload, out, weight, self.worker, self.seq, self.full)
+
+    def write_to(self, out: np.ndarray) -> None:
+        out.fill(0.0)
+        self.add_to(out)
+
+    @property
+    def y(self) -> np.ndarray:
+        """The decoded message as a new vector."""
+        out = np.empty(self.uplink.d)
+        self.write_to(out)
+        return out
+
 
 def worker_step(alg, uplink: Uplink, ws, grad, j: int, seq: int, rng, out: np.ndarray) -> int:
     """Gradient -> the algorithm's vector -> bytes in ``out``; return their number.
@@ -71,9 +106,6 @@ def worker_step(alg, uplink: Uplink, ws, grad, j: int, seq: int, rng, out: np.nd
     return buf.size
 
 
-def decode_message(alg, uplink: Uplink, payload, j: int, seq: int) -> Message:
-    """Worker j's ``seq``-th message as the server applies it (raises WireFormatError)."""
-    full = alg.full_message(seq)
-    codec = uplink.codec(full)
-    y = codec.decode(payload, key=uplink.key(codec, j, seq), d=uplink.d)
-    return Message(j, uplink.scaled(y), full)
+def decode_message(alg, uplink: Uplink, payload, j: int, seq: int) -> Received:
+    """Worker j's ``seq``-th message as the server applies it (decoded when applied)."""
+    return Received(uplink, payload, j, seq, alg.full_message(seq))

@@ -57,9 +57,11 @@ class Roles:
 
 
 class ServerLink:
-    """The server's side: one posted receive per worker, one send buffer per worker."""
+    """The server's side: one posted receive per worker, a send buffer per worker, and
+    (synchronous runs) one shared buffer whose same bytes go to every worker."""
 
-    def __init__(self, comm, roles: Roles, up_nbytes: int, down_nbytes: int, timeout_s: float):
+    def __init__(self, comm, roles: Roles, up_nbytes: int, down_nbytes: int, timeout_s: float,
+                 shared_nbytes: int = 0):
         from mpi4py import MPI
 
         self._MPI = MPI
@@ -70,8 +72,10 @@ class ServerLink:
         self.timeout = timeout_s
         self.recv_bufs = [np.empty(up_nbytes, np.uint8) for _ in range(self.n)]
         self.send_bufs = [np.empty(down_nbytes, np.uint8) for _ in range(self.n)]
+        self.shared = np.empty(shared_nbytes, np.uint8)
         self.recv_reqs = [MPI.REQUEST_NULL] * self.n
         self.send_reqs = [MPI.REQUEST_NULL] * self.n
+        self.shared_reqs = [MPI.REQUEST_NULL] * self.n
         self.statuses = [MPI.Status() for _ in range(self.n)]
 
     def name(self, j: int) -> str:
@@ -102,15 +106,30 @@ class ServerLink:
         return self.recv_bufs[j], self.statuses[j].Get_count(self._MPI.BYTE)
 
     def send_buffer(self, j: int) -> np.ndarray:
-        """Worker j's send buffer, once its previous send has completed."""
+        """Worker j's send buffer, once its previous sends have completed."""
         from .comm import wait
 
         wait(self.send_reqs[j], self.timeout, f"the send to {self.name(j)}")
+        wait(self.shared_reqs[j], self.timeout, f"the send to {self.name(j)}")  # keep order
         return self.send_bufs[j]
 
     def send(self, j: int, nbytes: int) -> None:
         self.send_reqs[j] = self.comm.Isend([self.send_bufs[j][:nbytes], self._MPI.BYTE],
                                             dest=self.roles.worker_rank(j), tag=TAG_DOWN)
+
+    def shared_buffer(self) -> np.ndarray:
+        """The shared buffer, once every send of its previous contents has completed."""
+        from .comm import wait
+
+        for j in range(self.n):
+            wait(self.shared_reqs[j], self.timeout, f"the model send to {self.name(j)}")
+            wait(self.send_reqs[j], self.timeout, f"the send to {self.name(j)}")  # keep order
+        return self.shared
+
+    def send_shared(self, j: int, nbytes: int) -> None:
+        """Send the shared buffer's first ``nbytes`` to worker j (the same bytes for all)."""
+        self.shared_reqs[j] = self.comm.Isend([self.shared[:nbytes], self._MPI.BYTE],
+                                              dest=self.roles.worker_rank(j), tag=TAG_DOWN)
 
     def close(self) -> None:
         """Complete every send and cancel every receive still posted."""
@@ -118,6 +137,7 @@ class ServerLink:
 
         for j in range(self.n):
             wait(self.send_reqs[j], self.timeout, f"the last send to {self.name(j)}")
+            wait(self.shared_reqs[j], self.timeout, f"the last send to {self.name(j)}")
         cancel_all(self.recv_reqs)
 
 

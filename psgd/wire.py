@@ -7,7 +7,8 @@ Little-endian, 32 bytes, then the payload (a compressor's codec buffer)::
     4       1     envelope format version (1)
     5       1     kind: GRAD=1 (worker->server), MODEL=2 (server->worker), STOP=3, BYE=4,
                   CKPT=5 (server asks a worker to write its checkpoint file), ACK=6 (done)
-    6       2     worker index (0-based; the server writes the destination worker)
+    6       2     worker index (0-based; the server writes the destination worker, or
+                  BROADCAST = 0xFFFF for a synchronous model sent to every worker)
     8       8     model version: the server update count the message refers to
                   (GRAD: the version the gradient was computed at; MODEL: the version sent)
     16      8     sequence number of the sender's messages to this peer (detects loss/reorder)
@@ -32,6 +33,8 @@ MAGIC = b"PSGD"
 VERSION = 1
 GRAD, MODEL, STOP, BYE, CKPT, ACK = 1, 2, 3, 4, 5, 6
 KIND_NAMES = {GRAD: "GRAD", MODEL: "MODEL", STOP: "STOP", BYE: "BYE", CKPT: "CKPT", ACK: "ACK"}
+#: the worker index of a message whose same bytes go to every worker (synchronous models)
+BROADCAST = 0xFFFF
 
 _FIELDS = struct.Struct("<4sBBHQQI")
 _CRC = struct.Struct("<I")

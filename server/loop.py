@@ -38,10 +38,13 @@ class Server:
         self.state = ctx.alg.server_init(ctx.x0)
         self.gate = StalenessGate(self.n, ctx.tau)
         self.down_rng = ctx.streams.downlink()
-        self.mirrors = ctx.downlink.mirrors(ctx.x0, self.n)  # what each worker believes x is
+        # the model each worker knows (compressed downlink): one shared mirror when
+        # synchronous, since every worker gets the same bytes; one per worker otherwise
+        self.broadcast = ctx.alg.synchronous
+        self.mirrors = ctx.downlink.mirrors(ctx.x0, 1 if self.broadcast else self.n)
         self.seq_in = np.zeros(self.n, dtype=np.int64)       # next expected GRAD seq per worker
         self.seq_out = np.zeros(self.n, dtype=np.int64)
-        self.queued = {}                                     # worker -> (version, Message)
+        self.queued = {}                                     # worker -> (version, Received)
         self.counters = Counter()  # bytes_up, bytes_down, messages_up, messages_down
         self.staleness = Counter()
         self.timers = Counter()    # wait, decode, apply, encode, send (seconds)
@@ -56,9 +59,7 @@ class Server:
             self._restore(resume_step)
         for j in range(self.n):
             self.link.post_recv(j)
-        for j in range(self.n):
-            if j not in self.queued:
-                self._send_model(j)
+        self._send_models([j for j in range(self.n) if j not in self.queued])
         self.metrics.log(self, force=resume_step is None)  # a resumed run logged its start already
         status = "max_iterations"
         while self.state.step < iterations:
@@ -83,8 +84,7 @@ class Server:
                 break  # no model for a gradient nobody would apply
             if every and self.state.step % every == 0:
                 self._checkpoint()
-            for j in batch:
-                self._send_model(j)
+            self._send_models(batch)
         self.metrics.log(self, force=True)
         self._shutdown()
         return status
@@ -139,9 +139,6 @@ class Server:
                                        j, int(self.seq_in[j]))
         except WireFormatError as exc:
             raise RunError(f"bad message from {self.link.name(j)}: {exc}") from None
-        if not np.isfinite(msg.y).all():
-            raise RunError(f"{self.link.name(j)} sent a non-finite (NaN or Inf) gradient message "
-                           f"at its step {header.seq} (model version {header.version})")
         self.seq_in[j] += 1
         self.queued[j] = (header.version, msg)
         self.gate.arrived(j)
@@ -182,11 +179,35 @@ class Server:
             self.staleness[int(stale)] += 1
             batch.append(msg)
         self.queued.clear()
-        self.ctx.alg.server_apply(self.state, batch, self.ctx.prox)
+        try:  # messages are decoded here, straight into the aggregate, in worker order
+            self.ctx.alg.server_apply(self.state, batch, self.ctx.prox)
+        except WireFormatError as exc:
+            raise RunError(f"bad message from {self.link.name(self._decoding(batch))}: "
+                           f"{exc}") from None
         self.timers["apply"] += time.perf_counter() - t0
         return [msg.worker for msg in batch]
 
+    def _decoding(self, batch):
+        """The worker whose message failed to decode (re-decoded one by one to find it)."""
+        for msg in batch:
+            try:
+                msg.y
+            except WireFormatError:
+                return msg.worker
+        return batch[0].worker
+
     # -- sending -----------------------------------------------------------------------
+
+    def _send_models(self, workers):
+        """Send the current model to ``workers``: encoded once and broadcast (the same bytes
+        to every worker) when synchronous, encoded against each worker's mirror otherwise."""
+        if not workers:
+            return
+        if self.broadcast:
+            self._broadcast_model(workers)
+        else:
+            for j in workers:
+                self._send_model(j)
 
     def _send_model(self, j):
         t0 = time.perf_counter()
@@ -199,12 +220,35 @@ class Server:
         self.gate.sent(j, self.state.step, time.monotonic())
         self.timers["send"] += time.perf_counter() - t1
 
+    def _broadcast_model(self, workers):
+        seq = int(self.seq_out[workers[0]])
+        if len(workers) != self.n or (self.seq_out[workers] != seq).any():
+            # a synchronous run sends every model to every worker, so all sequences agree
+            raise RunError(f"internal error: a broadcast to workers {workers} at sequence "
+                           f"numbers {self.seq_out[workers].tolist()}")
+        t0 = time.perf_counter()
+        buf = self.link.shared_buffer()
+        mirror = None if self.mirrors is None else self.mirrors[0]
+        n = self.ctx.downlink.encode(self.state.x, mirror, self.down_rng, buf[wire.HEADER_NBYTES:])
+        nbytes = wire.pack_header(buf, wire.MODEL, wire.BROADCAST, self.state.step, seq, n)
+        t1 = time.perf_counter()
+        self.timers["encode"] += t1 - t0
+        now = time.monotonic()
+        for j in workers:
+            self.link.send_shared(j, nbytes)
+            self._count_down(j, nbytes)
+            self.gate.sent(j, self.state.step, now)
+        self.timers["send"] += time.perf_counter() - t1
+
     def _send(self, j, nbytes, count=True):
         self.link.send(j, nbytes)
         if count:  # control messages (CKPT) are not optimization traffic and keep the sequence
-            self.seq_out[j] += 1
-            self.counters["bytes_down"] += nbytes
-            self.counters["messages_down"] += 1
+            self._count_down(j, nbytes)
+
+    def _count_down(self, j, nbytes):
+        self.seq_out[j] += 1
+        self.counters["bytes_down"] += nbytes
+        self.counters["messages_down"] += 1
 
     def _send_control(self, j, kind, count=True):
         buf = self.link.send_buffer(j)
@@ -255,17 +299,16 @@ class Server:
             "sent_version": self.gate.sent_version,
             "queued_workers": np.array(queued, dtype=np.int64),
             "queued_versions": np.array([self.queued[j][0] for j in queued], dtype=np.int64),
-            "queued_messages": (np.array([self.queued[j][1].y for j in queued]) if queued
-                                else np.zeros((0, self.d))),
-            "queued_full": np.array([self.queued[j][1].full for j in queued], dtype=bool),
+            "queued_seqs": np.array([self.queued[j][1].seq for j in queued], dtype=np.int64),
+            "queued_sizes": np.array([self.queued[j][1].payload.size for j in queued], np.int64),
+            "queued_payloads": np.concatenate([self.queued[j][1].payload for j in queued]
+                                              + [np.zeros(0, np.uint8)]),
             "mirrors": self.mirrors,
             "down_rng": checkpoint.rng_state(self.down_rng),
             "metrics": np.array(json.dumps(self.metrics.position())),
         }
 
     def _restore(self, step):
-        from psgd.algorithms import Message
-
         out = self.ctx.cfg["output"]["dir"]
         a = checkpoint.load_arrays(os.path.join(checkpoint.step_dir(out, step), "server.npz"))
         checkpoint.restore_state(self.state, a, "alg.")
@@ -273,9 +316,12 @@ class Server:
         self.staleness.update({int(k): int(v) for k, v in a["staleness"]})
         self.seq_in, self.seq_out = a["seq_in"], a["seq_out"]
         self.gate.sent_version[:] = a["sent_version"]
-        for j, v, y, full in zip(a["queued_workers"], a["queued_versions"], a["queued_messages"],
-                                 a["queued_full"]):
-            self.queued[int(j)] = (int(v), Message(int(j), y, bool(full)))
+        ends = np.cumsum(a["queued_sizes"])
+        for j, v, seq, end, size in zip(a["queued_workers"], a["queued_versions"],
+                                        a["queued_seqs"], ends, a["queued_sizes"]):
+            msg = steps.decode_message(self.ctx.alg, self.ctx.uplink,
+                                       a["queued_payloads"][end - size:end], int(j), int(seq))
+            self.queued[int(j)] = (int(v), msg)
         if "mirrors" in a:
             self.mirrors = a["mirrors"]
         checkpoint.set_rng_state(self.down_rng, a["down_rng"])

@@ -71,7 +71,9 @@ class Worker:
     def _parse(self, buf, nbytes):
         try:
             header, payload = wire.parse(buf, nbytes, sender="the server")
-            if header.kind not in (wire.MODEL, wire.STOP, wire.CKPT) or header.worker != self.j \
+            to_me = header.worker == self.j or (header.kind == wire.MODEL
+                                                and header.worker == wire.BROADCAST)
+            if header.kind not in (wire.MODEL, wire.STOP, wire.CKPT) or not to_me \
                     or header.seq != self.seq_in:
                 raise WireFormatError(f"unexpected {wire.KIND_NAMES[header.kind]} message "
                                       f"(worker {header.worker}, seq {header.seq}; expected "

@@ -14,14 +14,14 @@ import pkgutil
 import numpy as np
 
 from ..registry import lookup
-from .base import Algorithm, Constants, Hyper, Message, ServerState, Table, WorkerState
+from .base import Algorithm, Constants, Hyper, ServerState, Table, WorkerState
 
 _SHARED = {"base", "stepsize"}
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name not in _SHARED:
         importlib.import_module(f"{__name__}.{_mod.name}")
 
-__all__ = ["Algorithm", "Constants", "Hyper", "Message", "ServerState", "Table", "WorkerState",
+__all__ = ["Algorithm", "Constants", "Hyper", "ServerState", "Table", "WorkerState",
            "build", "get_algorithm_class"]
 
 
@@ -32,7 +32,7 @@ def get_algorithm_class(name):
 def build(cfg, compressor, consts: Constants, weights, tau: int) -> Algorithm:
     cls = get_algorithm_class(cfg["algorithm"]["name"])
     hyper = cls.resolve(cfg, compressor, consts, np.asarray(weights, dtype=np.float64), tau)
-    return cls(cfg["algorithm"], hyper, weights, seed=cfg["seed"])
+    return cls(cfg["algorithm"], hyper, weights, seed=cfg["seed"], synchronous=tau == 0)
 
 
 def __getattr__(name):

@@ -15,23 +15,28 @@ Worker side, per gradient g of f_i at the worker's ``seq``-th message (see psgd.
     y = decode(encode(v))               # exactly what the server will decode
     alg.worker_update(ws, v, y)         # only when alg.needs_decoded
 
-Server side, for a batch of decoded :class:`Message` s in worker order::
+Server side, for a batch of received messages in worker order (each decodes itself into a
+vector with ``msg.add_to(out, weight)`` or ``msg.write_to(out)``: psgd.steps.Received)::
 
     alg.server_apply(ss, batch, prox)
 
-Two server forms (``algorithm.async_form``); with a batch holding every worker's fresh
-message they coincide with the synchronous algorithm:
+Synchronous runs (tau = 0: every update holds every worker's fresh message) keep O(d)
+server state: only what the algorithm needs there (DIANA: x, h = sum_i w_i h_i and, with
+momentum, v; DQGD/GD: x; EF21 and MARINA: the aggregate g), and every message is decoded
+and accumulated straight into the aggregate with its weight. Asynchronous runs use one of
+two forms (``algorithm.async_form``), which coincide with the synchronous step on a batch
+of every worker's fresh message:
 
 - ``table``: the server keeps each worker's latest entry (DIANA: h_i + y_i; DQGD: y_i;
-  EF21: g_i) and steps with their weighted sum (incremental aggregated gradient);
-- ``direct``: x <- x - gamma * sum over the batch of w_i * entry_i.
+  EF21: g_i), n x d values, and steps with their weighted sum (incremental aggregated
+  gradient);
+- ``direct``: x <- x - gamma * sum over the batch of w_i * entry_i (O(d), plus DIANA's
+  n x d shifts h_i).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
-
 import numpy as np
 
 from ..errors import ConfigError
@@ -77,15 +82,6 @@ class Constants:
         return self.L is not None and self.L_i is not None and self.mu is not None
 
 
-class Message(NamedTuple):
-    """One decoded worker message, as the server applies it."""
-
-    worker: int
-    y: np.ndarray
-    #: True when the message is the exact vector, not a compressed one (MARINA's full rounds)
-    full: bool = False
-
-
 @dataclass
 class Table:
     """The table form's memory: every worker's latest entry and their weighted sum."""
@@ -104,7 +100,7 @@ class ServerState:
 
     x: np.ndarray
     step: int = 0
-    table: Table | None = None          # table form only
+    table: Table | None = None          # asynchronous table form only
     velocity: np.ndarray | None = None  # heavy-ball momentum buffer, when momentum > 0
 
 
@@ -128,12 +124,15 @@ class Algorithm:
     requires = None
     server_state = ServerState
 
-    def __init__(self, cfg: dict, hyper: Hyper, weights: np.ndarray, seed: int = 0):
+    def __init__(self, cfg: dict, hyper: Hyper, weights: np.ndarray, seed: int = 0,
+                 synchronous: bool = True):
         self.cfg = cfg
         self.hyper = hyper
         self.weights = np.asarray(weights, dtype=np.float64)
         self.n = len(self.weights)
         self.seed = seed
+        #: every update holds every worker's fresh message (tau = 0): O(d) server state
+        self.synchronous = synchronous
         self._buffers = {}
 
     # -- config -----------------------------------------------------------------
@@ -183,9 +182,10 @@ class Algorithm:
 
     def server_init(self, x0: np.ndarray) -> ServerState:
         d = x0.size
+        table = not self.synchronous and self.hyper.form == "table"
         return self.server_state(
             x=x0.astype(np.float64).copy(),
-            table=Table.zeros(self.n, d) if self.hyper.form == "table" else None,
+            table=Table.zeros(self.n, d) if table else None,
             velocity=np.zeros(d) if self.hyper.momentum else None,
             **self.server_fields(d))
 
@@ -193,44 +193,62 @@ class Algorithm:
         """The algorithm's own server-state fields (beyond x, step, table, velocity)."""
         return {}
 
-    def entry(self, ss, msg: Message, out: np.ndarray) -> None:
+    def aggregate(self, batch, out: np.ndarray) -> np.ndarray:
+        """out = sum over the batch of w_i * message_i, one fused decode pass per message."""
+        out.fill(0.0)
+        for msg in batch:
+            msg.add_to(out, self.weights[msg.worker])
+        return out
+
+    def sync_direction(self, ss, batch) -> np.ndarray:
+        """The synchronous step's direction from every worker's fresh message."""
+        return self.aggregate(batch, self.work("direction", ss.x.size))
+
+    def entry(self, ss, msg, out: np.ndarray) -> None:
         """Write worker msg.worker's contribution to the gradient estimate into ``out``."""
-        np.copyto(out, msg.y)
+        msg.write_to(out)
 
     def server_apply(self, ss, batch, prox) -> None:
-        """One server update from ``batch``, a list of :class:`Message` in worker order.
+        """One server update from ``batch``, the received messages in worker order.
 
         Every pass writes into a preallocated vector: at d = 10^7 a fresh temporary costs
         as much as the arithmetic it holds (page faults on 80 MB).
         """
-        w = self.weights
-        table = ss.table
-        if table is not None:
-            if len(batch) == self.n:
-                # every worker fresh: recompute exactly (this is the synchronous step)
-                for msg in batch:
-                    self.entry(ss, msg, table.entries[msg.worker])
-                np.dot(w, table.entries, out=table.total)
-            else:
-                new = self.work("entry", ss.x.size)
-                for msg in batch:
-                    self.entry(ss, msg, new)
-                    row = table.entries[msg.worker]
-                    np.subtract(new, row, out=row)  # row = new - old, then total += w_i * row
-                    row *= w[msg.worker]
-                    table.total += row
-                    np.copyto(row, new)
-            direction = table.total
+        if self.synchronous:
+            if len(batch) != self.n:
+                raise ValueError(f"a synchronous update needs all {self.n} workers' messages, "
+                                 f"got {len(batch)}")
+            direction = self.sync_direction(ss, batch)
+        elif ss.table is not None:
+            direction = self._table_direction(ss, batch)
         else:
             direction = self.work("direction", ss.x.size)
             direction.fill(0.0)
             term = self.work("entry", ss.x.size)
             for msg in batch:
                 self.entry(ss, msg, term)
-                term *= w[msg.worker]
+                term *= self.weights[msg.worker]
                 direction += term
         self.step(ss, direction, prox)
         ss.step += 1
+
+    def _table_direction(self, ss, batch) -> np.ndarray:
+        """Refresh the batch's entries and their weighted sum incrementally (IAG)."""
+        table, w = ss.table, self.weights
+        if len(batch) == self.n:  # every worker fresh: recompute exactly (no drift of the sum)
+            for msg in batch:
+                self.entry(ss, msg, table.entries[msg.worker])
+            np.dot(w, table.entries, out=table.total)
+            return table.total
+        new = self.work("entry", ss.x.size)
+        for msg in batch:
+            self.entry(ss, msg, new)
+            row = table.entries[msg.worker]
+            np.subtract(new, row, out=row)  # row = new - old, then total += w_i * row
+            row *= w[msg.worker]
+            table.total += row
+            np.copyto(row, new)
+        return table.total
 
     def step(self, ss, direction: np.ndarray, prox) -> None:
         h = self.hyper

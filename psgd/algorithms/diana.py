@@ -25,7 +25,8 @@ class DianaWorker:
 
 @dataclass
 class DianaServer(ServerState):
-    shifts: np.ndarray | None = None  # every worker's h_i (n x d)
+    shift: np.ndarray | None = None   # synchronous: h = sum_i w_i h_i, all the server needs
+    shifts: np.ndarray | None = None  # asynchronous: every worker's h_i (n x d)
 
 
 @register("algorithm")
@@ -74,11 +75,23 @@ class DIANA(Algorithm):
         ws.shift += self.hyper.alpha * y
 
     def server_fields(self, d):
+        if self.synchronous:
+            return {"shift": np.zeros(d)}
         return {"shifts": np.zeros((self.n, d))}
 
+    def sync_direction(self, ss, batch):
+        # g_hat = sum_i w_i (h_i + y_i) = h + Y with Y = sum_i w_i y_i; then h += alpha Y
+        y = self.aggregate(batch, self.work("messages", ss.x.size))
+        direction = self.work("direction", ss.x.size)
+        np.add(ss.shift, y, out=direction)
+        y *= self.hyper.alpha
+        ss.shift += y
+        return direction
+
     def entry(self, ss, msg, out):
+        y = self.work("message", out.size)
+        msg.write_to(y)
         shift = ss.shifts[msg.worker]
-        np.add(shift, msg.y, out=out)  # g_hat = h_i + y, then h_i += alpha y
-        scaled = self.work("scaled", msg.y.size)
-        np.multiply(msg.y, self.hyper.alpha, out=scaled)
-        shift += scaled
+        np.add(shift, y, out=out)  # g_hat = h_i + y, then h_i += alpha y
+        y *= self.hyper.alpha
+        shift += y

@@ -22,7 +22,7 @@ class EF21Worker:
 
 @dataclass
 class EF21Server(ServerState):
-    estimates: np.ndarray | None = None  # every worker's g_i (n x d)
+    estimate: np.ndarray | None = None   # synchronous: g = sum_i w_i g_i
 
 
 @register("algorithm")
@@ -54,9 +54,14 @@ class EF21(Algorithm):
         ws.estimate += y
 
     def server_fields(self, d):
-        return {"estimates": np.zeros((self.n, d))}
+        return {"estimate": np.zeros(d)} if self.synchronous else {}
+
+    def sync_direction(self, ss, batch):
+        for msg in batch:  # g += sum_i w_i C(grad f_i - g_i), one fused pass per message
+            msg.add_to(ss.estimate, self.weights[msg.worker])
+        return ss.estimate
 
     def entry(self, ss, msg, out):
-        estimate = ss.estimates[msg.worker]
-        estimate += msg.y
-        np.copyto(out, estimate)
+        # asynchronous: the table's row of worker i is its g_i; the message moves it
+        np.copyto(out, ss.table.entries[msg.worker])
+        msg.add_to(out)

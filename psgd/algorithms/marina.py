@@ -22,7 +22,7 @@ import numpy as np
 
 from ..registry import register
 from ..validation import AnyOf, Choice, Real
-from .base import COMMON_PARAMS, Algorithm, Hyper
+from .base import COMMON_PARAMS, Algorithm, Hyper, ServerState
 from .stepsize import l_tilde, step_size
 
 #: distinguishes the coin's stream from every other stream derived from the run's seed
@@ -34,6 +34,11 @@ class MarinaWorker:
     last_grad: np.ndarray  # grad f_i at the model of the worker's previous message
 
 
+@dataclass
+class MarinaServer(ServerState):
+    estimate: np.ndarray | None = None  # synchronous: g = sum_i w_i g_i
+
+
 @register("algorithm")
 class MARINA(Algorithm):
     """MARINA: exact gradients with probability p, compressed gradient differences otherwise."""
@@ -42,6 +47,7 @@ class MARINA(Algorithm):
     requires = "unbiased"
     sends_full = True
     forms = ("table",)
+    server_state = MarinaServer
     params = {**COMMON_PARAMS,
               "p": AnyOf(Choice("theory"), Real(0, 1, closed="right"), default="theory")}
 
@@ -82,8 +88,21 @@ class MARINA(Algorithm):
         np.copyto(ws.last_grad, grad)
         return v
 
+    def server_fields(self, d):
+        return {"estimate": np.zeros(d)} if self.synchronous else {}
+
+    def sync_direction(self, ss, batch):
+        # the coin is the same for every worker at a synchronous step: all exact or all deltas
+        if batch[0].full:
+            return self.aggregate(batch, ss.estimate)
+        for msg in batch:
+            msg.add_to(ss.estimate, self.weights[msg.worker])
+        return ss.estimate
+
     def entry(self, ss, msg, out):
+        # asynchronous: the table's row of worker i is its g_i
         if msg.full:
-            np.copyto(out, msg.y)
+            msg.write_to(out)
         else:
-            np.add(ss.table.entries[msg.worker], msg.y, out=out)
+            np.copyto(out, ss.table.entries[msg.worker])
+            msg.add_to(out)
