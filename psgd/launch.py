@@ -158,9 +158,9 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
     server = Server(link, ctx, mets, stop_requests=received)
     if resume_step is not None:
         print(f"resuming from the checkpoint at step {resume_step}", flush=True)
-    t0 = time.perf_counter()
     status = server.run(resume_step)
-    wall = time.perf_counter() - t0
+    segments = server.wall_segments + [time.perf_counter() - server.t_start]
+    wall = sum(segments)
     last = mets.last
     mets.close()
     if status == "interrupted":
@@ -169,14 +169,22 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
         return EXIT_CHECKPOINTED
     summary = {
         "status": status,
+        **({"failure": server.failure, "failed_at_step": server.state.step}
+           if status == "failed" else {}),
         "iterations": server.state.step,
         "wall_s": round(wall, 6),
+        # one entry per run segment (a resumed run: up to each checkpoint it resumed from)
+        "wall_segments_s": [round(v, 6) for v in segments],
+        "target_reached": mets.reached,
         "final_loss": last["loss"],
         "final_subopt": last["subopt"],
         "final_grad_norm": last["grad_norm"],
         "f_star": ctx.f_star,
         "bits_up_total": 8 * server.counters["bytes_up"],
         "bits_down_total": 8 * server.counters["bytes_down"],
+        "payload_bits_up_total": 8 * server.counters["payload_up"],
+        "payload_bits_down_total": 8 * server.counters["payload_down"],
+        "epochs": server.epochs,
         "messages_up": server.counters["messages_up"],
         "messages_down": server.counters["messages_down"],
         "staleness_max": max(server.staleness, default=0),
@@ -200,6 +208,10 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
           f"final subopt {_fmt(summary['final_subopt'], '.3e')}; bits up {metrics.fmt_bits(summary['bits_up_total'])}, "
           f"down {metrics.fmt_bits(summary['bits_down_total'])}; staleness max {summary['staleness_max']}; "
           f"wrote {out_dir}/summary.json", flush=True)
+    if status == "failed":
+        print(f"psgd: error: the run failed: {server.failure}; try a smaller algorithm.stepsize "
+              f"(it was {h.gamma:.6g})", file=sys.stderr, flush=True)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -2,7 +2,16 @@
 
 Bits are counted by the server from the buffers that actually crossed MPI, headers
 included: ``bits_up`` every byte received from workers, ``bits_down`` every byte sent
-to them. Progress lines are plain lines (no carriage returns), so a SLURM log reads well.
+to them; ``payload_bits_up`` / ``payload_bits_down`` count only the compressors' payloads
+(without the 32-byte envelope and the 8-byte codec header). ``epoch`` is the number of
+samples the applied gradients were computed on, over the dataset size (for problems
+without samples, full passes over every worker's f_i). ``rel_subopt`` is
+(f - f*)/(f(x0) - f*) and ``dist2`` is ||x - x*||^2/||x0 - x*||^2, where f* and x* are known.
+Progress lines are plain lines (no carriage returns), so a SLURM log reads well.
+
+:meth:`Metrics.check` runs after every update: ``run.target`` is tested on the exact loss
+of every iterate (one evaluation of f per update, only when a target is set), and a
+non-finite model, or a loss above f(x0) + DIVERGED (|f(x0)| + 1), ends the run as failed.
 """
 
 from __future__ import annotations
@@ -22,6 +31,10 @@ def fmt_bits(bits: float) -> str:
     return f"{bits:.0f} b"
 
 
+#: a loss this many times |f(x0)| + 1 above f(x0) counts as divergence
+DIVERGED = 1e6
+
+
 class Metrics:
     """Evaluates the model on rank 0 every ``log_every`` server updates and records it."""
 
@@ -36,11 +49,19 @@ class Metrics:
         self.last_step = None
         self.last = None
         self.file = open(self.path, "a" if resume else "w", buffering=1)
+        x0 = ctx.x0
+        self.f0 = float(ctx.ps.loss(x0))
+        self.gap0 = None if ctx.f_star is None else self.f0 - ctx.f_star
+        self.dist0 = None if ctx.x_star is None else float(np.sum((x0 - ctx.x_star) ** 2))
+        self.target = ctx.cfg["run"]["target"]
+        #: the first update at which run.target held: step, time and bits then
+        self.reached = None
 
     def position(self) -> dict:
         """Where the metrics stand, for a checkpoint."""
         self.file.flush()
-        return {"offset": self.file.tell(), "time_s": self.elapsed(), "last": self.last}
+        return {"offset": self.file.tell(), "time_s": self.elapsed(), "last": self.last,
+                "reached": self.reached}
 
     def restore(self, pos: dict) -> None:
         """Continue from a checkpoint: drop records written after it, keep the clock."""
@@ -50,6 +71,7 @@ class Metrics:
         self.t0 = time.perf_counter()
         self.last = pos["last"]
         self.last_step = None if self.last is None else self.last["step"]
+        self.reached = pos.get("reached")
 
     def elapsed(self) -> float:
         return self.time_offset + time.perf_counter() - self.t0
@@ -65,7 +87,43 @@ class Metrics:
         else:
             gnorm = float(np.linalg.norm(grad))
         subopt = None if ctx.f_star is None else loss - ctx.f_star  # null where f* is unknown
-        return {"loss": loss, "subopt": subopt, "grad_norm": gnorm}
+        rec = {"loss": loss, "subopt": subopt, "grad_norm": gnorm}
+        if self.gap0:
+            rec["rel_subopt"] = subopt / self.gap0
+        if self.dist0:
+            rec["dist2"] = float(np.sum((x - ctx.x_star) ** 2)) / self.dist0
+        return rec
+
+    def check(self, server):
+        """After every update: (status, reason) when the run must end, else None."""
+        x = server.state.x
+        if not np.isfinite(np.dot(x, x)):
+            return "failed", f"the model holds NaN or Inf after step {server.state.step}"
+        if self.target is None:
+            return None
+        loss = float(self.ctx.ps.loss(x))
+        if self.diverged(loss):
+            return "failed", self._divergence(loss, server.state.step)
+        if loss - self.ctx.f_star <= self.target:
+            self.reached = {"target": self.target, "step": server.state.step,
+                            "time_s": round(self.elapsed(), 6), **self.counts(server)}
+            return "converged", None
+        return None
+
+    def diverged(self, loss: float) -> bool:
+        return not np.isfinite(loss) or loss > self.f0 + DIVERGED * (abs(self.f0) + 1.0)
+
+    def _divergence(self, loss, step):
+        return (f"the loss is {loss:.3g} at step {step}, above f(x0) + {DIVERGED:g} (|f(x0)| + 1) "
+                f"= {self.f0 + DIVERGED * (abs(self.f0) + 1.0):.3g}")
+
+    @staticmethod
+    def counts(server) -> dict:
+        """The cumulative counters a record carries (bits, payload bits, epochs)."""
+        c = server.counters
+        return {"bits_up": 8 * c["bytes_up"], "bits_down": 8 * c["bytes_down"],
+                "payload_bits_up": 8 * c["payload_up"], "payload_bits_down": 8 * c["payload_down"],
+                "epoch": round(server.epochs, 9)}
 
     def log(self, server, force=False):
         """Record the current model if it is a logging step; return the record or None."""
@@ -73,9 +131,7 @@ class Metrics:
         if k == self.last_step or not (force or k % self.log_every == 0):
             return None
         rec = {"step": k, "time_s": round(self.elapsed(), 6), **self.evaluate(server.state.x),
-               "bits_up": 8 * server.counters["bytes_up"],
-               "bits_down": 8 * server.counters["bytes_down"],
-               "staleness_max": max(server.staleness, default=0)}
+               **self.counts(server), "staleness_max": max(server.staleness, default=0)}
         self.file.write(json.dumps(rec) + "\n")
         self.last_step, self.last = k, rec
         subopt = "n/a" if rec["subopt"] is None else f"{rec['subopt']:.3e}"

@@ -20,10 +20,19 @@ import numpy as np
 
 from psgd import checkpoint, steps, wire
 from psgd.comm import Backoff
+from psgd.compressors.base import HEADER_NBYTES as CODEC_HEADER_NBYTES
 from psgd.errors import RunError, WireFormatError
 from psgd.server.ssp import StalenessGate
 
-COUNTERS = ("bytes_up", "bytes_down", "messages_up", "messages_down")
+COUNTERS = ("bytes_up", "bytes_down", "messages_up", "messages_down", "payload_up", "payload_down")
+
+
+def _epoch_shares(ctx):
+    """The epochs one message of each worker is worth (its samples over the dataset's)."""
+    batch, m = ctx.cfg["algorithm"]["batch_size"], ctx.ps.n_samples
+    if batch is None or not m:
+        return np.asarray(ctx.ps.weights, dtype=np.float64)  # a full pass over f_i
+    return np.minimum(batch / m, ctx.ps.weights)
 
 
 class Server:
@@ -45,7 +54,10 @@ class Server:
         self.seq_in = np.zeros(self.n, dtype=np.int64)       # next expected GRAD seq per worker
         self.seq_out = np.zeros(self.n, dtype=np.int64)
         self.queued = {}                                     # worker -> (version, Received)
-        self.counters = Counter()  # bytes_up, bytes_down, messages_up, messages_down
+        self.counters = Counter()  # COUNTERS: all bytes, payload bytes, messages per direction
+        self.epochs = 0.0          # samples the applied gradients saw / dataset size
+        self.epoch_share = _epoch_shares(ctx)
+        self.failure = None        # why the run failed, when it did
         self.staleness = Counter()
         self.timers = Counter()    # wait, decode, apply, encode, send (seconds)
 
@@ -54,7 +66,9 @@ class Server:
     def run(self, resume_step=None):
         """Serve until the iteration budget, the target, or a stop signal; return the status."""
         run = self.ctx.cfg["run"]
-        iterations, target, every = run["iterations"], run["target"], run["checkpoint_every"]
+        iterations, every = run["iterations"], run["checkpoint_every"]
+        self.t_start = time.perf_counter()
+        self.wall_segments = []  # earlier segments' wall time up to their checkpoint
         if resume_step is not None:
             self._restore(resume_step)
         for j in range(self.n):
@@ -75,10 +89,12 @@ class Server:
             if self.stop_requests:
                 continue
             batch = self._update()
-            logged = self.metrics.log(self, force=self.state.step >= iterations)
-            if target is not None and logged is not None and logged["subopt"] is not None \
-                    and logged["subopt"] <= target:
-                status = "converged"
+            verdict = self.metrics.check(self)  # the target and divergence, every update
+            logged = self.metrics.log(self, force=self.state.step >= iterations or bool(verdict))
+            if verdict is None and logged is not None and self.metrics.diverged(logged["loss"]):
+                verdict = "failed", self.metrics._divergence(logged["loss"], self.state.step)
+            if verdict is not None:
+                status, self.failure = verdict
                 break
             if self.state.step >= iterations:
                 break  # no model for a gradient nobody would apply
@@ -140,6 +156,7 @@ class Server:
         except WireFormatError as exc:
             raise RunError(f"bad message from {self.link.name(j)}: {exc}") from None
         self.seq_in[j] += 1
+        self.counters["payload_up"] += max(payload.size - CODEC_HEADER_NBYTES, 0)
         self.queued[j] = (header.version, msg)
         self.gate.arrived(j)
         self.link.post_recv(j)
@@ -177,6 +194,7 @@ class Server:
                 raise RunError(f"internal error: staleness {stale} > tau={self.gate.tau} "
                                f"for worker {j}")
             self.staleness[int(stale)] += 1
+            self.epochs += self.epoch_share[j]
             batch.append(msg)
         self.queued.clear()
         try:  # messages are decoded here, straight into the aggregate, in worker order
@@ -217,6 +235,7 @@ class Server:
         t1 = time.perf_counter()
         self.timers["encode"] += t1 - t0
         self._send(j, wire.pack_header(buf, wire.MODEL, j, self.state.step, self.seq_out[j], n))
+        self.counters["payload_down"] += n - CODEC_HEADER_NBYTES
         self.gate.sent(j, self.state.step, time.monotonic())
         self.timers["send"] += time.perf_counter() - t1
 
@@ -237,6 +256,7 @@ class Server:
         for j in workers:
             self.link.send_shared(j, nbytes)
             self._count_down(j, nbytes)
+            self.counters["payload_down"] += n - CODEC_HEADER_NBYTES
             self.gate.sent(j, self.state.step, now)
         self.timers["send"] += time.perf_counter() - t1
 
@@ -294,6 +314,8 @@ class Server:
         return {
             **checkpoint.state_arrays(self.state, "alg."),
             "counters": np.array([self.counters[k] for k in COUNTERS], dtype=np.int64),
+            "epochs": np.array(self.epochs),
+            "wall_segments": np.array(self.wall_segments + [time.perf_counter() - self.t_start]),
             "staleness": np.array(sorted(self.staleness.items()), dtype=np.int64).reshape(-1, 2),
             "seq_in": self.seq_in, "seq_out": self.seq_out,
             "sent_version": self.gate.sent_version,
@@ -313,6 +335,8 @@ class Server:
         a = checkpoint.load_arrays(os.path.join(checkpoint.step_dir(out, step), "server.npz"))
         checkpoint.restore_state(self.state, a, "alg.")
         self.counters.update(dict(zip(COUNTERS, (int(v) for v in a["counters"]))))
+        self.epochs = float(a["epochs"])
+        self.wall_segments = [float(v) for v in a["wall_segments"]]
         self.staleness.update({int(k): int(v) for k, v in a["staleness"]})
         self.seq_in, self.seq_out = a["seq_in"], a["seq_out"]
         self.gate.sent_version[:] = a["sent_version"]

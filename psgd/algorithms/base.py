@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 import numpy as np
+from scipy.linalg.blas import daxpy as _daxpy
 
 from ..errors import ConfigError
 from ..validation import AnyOf, Choice, Int, Nullable, Real
@@ -107,6 +108,13 @@ class ServerState:
 @dataclass
 class WorkerState:
     """A worker's algorithm memory; empty for algorithms without one (gd, dqgd)."""
+
+
+def axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
+    """y += a * x in place, in one pass and without a temporary (BLAS daxpy)."""
+    out = _daxpy(x, y, a=a)
+    if out is not y:  # only if y were not a contiguous float64 vector, which ours always are
+        np.copyto(y, out)
 
 
 class Algorithm:
@@ -256,9 +264,7 @@ class Algorithm:
             ss.velocity *= h.momentum
             ss.velocity += direction
             direction = ss.velocity
-        step = self.work("step", ss.x.size)
-        np.multiply(direction, h.gamma, out=step)
-        np.subtract(ss.x, step, out=ss.x)
+        axpy(-h.gamma, direction, ss.x)
         ss.x = prox(ss.x, h.gamma)
 
     def work(self, name: str, d: int) -> np.ndarray:

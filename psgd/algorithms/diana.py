@@ -14,7 +14,7 @@ import numpy as np
 
 from ..registry import register
 from ..validation import AnyOf, Choice, Real
-from .base import COMMON_PARAMS, Algorithm, Hyper, ServerState
+from .base import COMMON_PARAMS, Algorithm, Hyper, ServerState, axpy
 from .stepsize import step_size
 
 
@@ -80,13 +80,14 @@ class DIANA(Algorithm):
         return {"shifts": np.zeros((self.n, d))}
 
     def sync_direction(self, ss, batch):
-        # g_hat = sum_i w_i (h_i + y_i) = h + Y with Y = sum_i w_i y_i; then h += alpha Y
-        y = self.aggregate(batch, self.work("messages", ss.x.size))
-        direction = self.work("direction", ss.x.size)
-        np.add(ss.shift, y, out=direction)
-        y *= self.hyper.alpha
-        ss.shift += y
-        return direction
+        # g_hat = sum_i w_i (h_i + y_i) = h + Y with Y = sum_i w_i y_i, then h += alpha Y,
+        # i.e. h <- (1 - alpha) h + alpha g_hat: two vectors besides x, no temporary
+        g = self.aggregate(batch, self.work("direction", ss.x.size))
+        g += ss.shift
+        alpha = self.hyper.alpha
+        ss.shift *= 1.0 - alpha
+        axpy(alpha, g, ss.shift)
+        return g
 
     def entry(self, ss, msg, out):
         y = self.work("message", out.size)
