@@ -27,6 +27,8 @@ RUN_SPEC = {
     "log_every": Int(1, default=100),
     "timeout_s": Real(0, closed="neither", default=120.0),
     "checkpoint_every": Nullable(Int(1)),
+    # sharded servers: S server ranks, each owning a block-aligned key range
+    "servers": Int(1, default=1),
     # fault injection for tests: worker index (0-based) -> extra seconds per gradient
     "worker_delay": Mapping(Int(0), Real(0)),
     # optional compression of the model delta sent to workers: {compressor: {name: ...}}
@@ -89,6 +91,9 @@ def _cross_checks(cfg: dict) -> None:
     if run["downlink"] is not None:
         down = check_params("run.downlink", {"compressor": AnyMapping(required=True)}, run["downlink"])
         run["downlink"] = {"compressor": _named_section("compressor", down["compressor"], None)}
+    if run["servers"] > 1 and run["checkpoint_every"] is not None:
+        raise ConfigError(f"run.checkpoint_every: got {run['checkpoint_every']}; allowed: null "
+                          f"when run.servers > 1 (sharded servers write no checkpoints yet)")
     get_algorithm_class(cfg["algorithm"]["name"]).check_config(cfg)
 
 

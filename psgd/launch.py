@@ -64,9 +64,12 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False) -
             cfg["output"]["dir"] = out
         if resume:
             resume_step = checkpoint.check_resumable(cfg["output"]["dir"], cfg)
-        roles = Roles.layout(size)
+        roles = Roles.layout(size, cfg["run"]["servers"])
+        if roles.n_workers < 1:
+            raise ConfigError(f"run.servers: got {cfg['run']['servers']} with {size} ranks; "
+                              f"allowed: fewer servers than ranks (the others are workers)")
         ctx = build_context(cfg, roles)
-        if roles.of(rank)[0] == "server":  # f* to high accuracy; its failures are setup failures
+        if roles.of(rank) == ("server", 0):  # f* to high accuracy; its failures are setup failures
             t_solve = time.perf_counter()
             ctx.x_star, ctx.f_star = problems.solve(ctx.ps)
             ctx.solve_s = time.perf_counter() - t_solve
@@ -91,6 +94,8 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False) -
     # -- the run; any exception from here on aborts the whole job ---------------------
     role, index = ctx.roles.of(rank)
     try:
+        if role == "server" and index > 0:
+            return _run_range_server(comm, ctx, index, received)
         if role == "server":
             return _run_server(comm, ctx, resume_step, received, path)
         return _run_worker(comm, ctx, index, resume_step)
@@ -108,11 +113,12 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False) -
 
 def _run_worker(comm, ctx: RunContext, j: int, resume_step) -> int:
     from psgd.transport import WorkerLink
-    from psgd.workers.loop import Worker
+    from psgd.workers.loop import ShardedWorker, Worker
 
-    link = WorkerLink(comm, ctx.roles, j, wire_nbytes(ctx.uplink.max_nbytes()),
-                      wire_nbytes(ctx.downlink.max_nbytes()), Worker.reply_deadline(ctx.cfg))
-    worker = Worker(link, ctx, j)
+    links = [WorkerLink(comm, ctx.roles, j, wire_nbytes(up.max_nbytes()),
+                        wire_nbytes(down.max_nbytes()), Worker.reply_deadline(ctx.cfg), s)
+             for s, (up, down) in enumerate(zip(ctx.uplinks, ctx.downlinks))]
+    worker = Worker(links[0], ctx, j) if len(links) == 1 else ShardedWorker(links, ctx, j)
     if resume_step is not None:
         worker.restore(resume_step)
     worker.run()
@@ -126,9 +132,40 @@ def wire_nbytes(codec_nbytes: int) -> int:
     return wire.HEADER_NBYTES + codec_nbytes
 
 
+def _server_link(comm, ctx: RunContext):
+    from psgd.transport import ServerLink
+
+    model_nbytes = wire_nbytes(ctx.downlink.max_nbytes())
+    # synchronous: one shared model buffer (the same bytes to every worker), and per-worker
+    # buffers only for control messages; asynchronous: a model buffer per worker
+    sync = ctx.alg.synchronous
+    return ServerLink(comm, ctx.roles, wire_nbytes(ctx.uplink.max_nbytes()),
+                      wire_nbytes(0) if sync else model_nbytes, ctx.cfg["run"]["timeout_s"],
+                      shared_nbytes=model_nbytes if sync else 0)
+
+
+def _peer_link(comm, ctx: RunContext, s: int):
+    from psgd.transport import PeerLink
+
+    if ctx.n_servers == 1:
+        return None
+    largest = max(sh.d for sh in ctx.shards)
+    # a range of the model, or a small JSON record (END, TALLY)
+    return PeerLink(comm, ctx.roles, s, wire_nbytes(8 * largest + 65536),
+                    ctx.cfg["run"]["timeout_s"])
+
+
+def _run_range_server(comm, ctx: RunContext, s: int, received: list) -> int:
+    from psgd.server.loop import Server
+
+    view = ctx.for_shard(s)
+    Server(_server_link(comm, view), view, None, stop_requests=[],
+           peers=_peer_link(comm, ctx, s)).run()
+    return EXIT_OK
+
+
 def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -> int:
     from psgd.server.loop import Server
-    from psgd.transport import ServerLink
 
     cfg = ctx.cfg
     out_dir = cfg["output"]["dir"]
@@ -148,14 +185,9 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
           f"form={h.form} omega={_fmt(omega)}{f' p={h.p_full:.6g}' if h.p_full else ''} "
           f"[{h.rule}]", flush=True)
     mets = metrics.Metrics(ctx, out_dir, resume=resume_step is not None)
-    model_nbytes = wire_nbytes(ctx.downlink.max_nbytes())
-    # synchronous: one shared model buffer (the same bytes to every worker), and per-worker
-    # buffers only for control messages; asynchronous: a model buffer per worker
-    sync = ctx.alg.synchronous
-    link = ServerLink(comm, ctx.roles, wire_nbytes(ctx.uplink.max_nbytes()),
-                      wire_nbytes(0) if sync else model_nbytes, cfg["run"]["timeout_s"],
-                      shared_nbytes=model_nbytes if sync else 0)
-    server = Server(link, ctx, mets, stop_requests=received)
+    view = ctx.for_shard(0)
+    server = Server(_server_link(comm, view), view, mets, stop_requests=received,
+                    peers=_peer_link(comm, ctx, 0))
     if resume_step is not None:
         print(f"resuming from the checkpoint at step {resume_step}", flush=True)
     status = server.run(resume_step)
@@ -167,6 +199,7 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
         print(f"stopped by signal {received[0]} at step {server.state.step}: checkpoint written; "
               f"continue with: psgd run {path} --out {out_dir} --resume", flush=True)
         return EXIT_CHECKPOINTED
+    counters, staleness, ranges = _totals(server, ctx)
     summary = {
         "status": status,
         **({"failure": server.failure, "failed_at_step": server.state.step}
@@ -180,15 +213,17 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
         "final_subopt": last["subopt"],
         "final_grad_norm": last["grad_norm"],
         "f_star": ctx.f_star,
-        "bits_up_total": 8 * server.counters["bytes_up"],
-        "bits_down_total": 8 * server.counters["bytes_down"],
-        "payload_bits_up_total": 8 * server.counters["payload_up"],
-        "payload_bits_down_total": 8 * server.counters["payload_down"],
+        "bits_up_total": 8 * counters["bytes_up"],
+        "bits_down_total": 8 * counters["bytes_down"],
+        "payload_bits_up_total": 8 * counters["payload_up"],
+        "payload_bits_down_total": 8 * counters["payload_down"],
         "epochs": server.epochs,
-        "messages_up": server.counters["messages_up"],
-        "messages_down": server.counters["messages_down"],
-        "staleness_max": max(server.staleness, default=0),
-        "staleness_hist": {str(k): v for k, v in sorted(server.staleness.items())},
+        "messages_up": counters["messages_up"],
+        "messages_down": counters["messages_down"],
+        "staleness_max": max(staleness, default=0),
+        "staleness_hist": {str(k): v for k, v in sorted(staleness.items())},
+        "servers": ctx.n_servers,
+        **({"shards": ranges} if ranges else {}),
         "stepsize": h.gamma,
         "stepsize_rule": h.rule,
         "alpha": h.alpha,
@@ -202,7 +237,7 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
         "server_time_s": {k: round(v, 6) for k, v in server.timers.items()},
         "versions": metrics.versions(),
     }
-    np.save(os.path.join(out_dir, "model.npy"), server.state.x)
+    np.save(os.path.join(out_dir, "model.npy"), server.final_x)
     metrics.write_json(os.path.join(out_dir, "summary.json"), summary)
     print(f"done: {status} after {summary['iterations']} steps in {wall:.2f} s; "
           f"final subopt {_fmt(summary['final_subopt'], '.3e')}; bits up {metrics.fmt_bits(summary['bits_up_total'])}, "
@@ -215,8 +250,33 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
     return EXIT_OK
 
 
+def _totals(server, ctx):
+    """(counters, staleness histogram, per-range rows) summed over every server."""
+    from collections import Counter
+
+    counters, staleness = Counter(server.counters), Counter(server.staleness)
+    if ctx.n_servers == 1:
+        return counters, staleness, None
+    rows = []
+    for t in [server.tally()] + [server.tallies[s] for s in sorted(server.tallies)]:
+        sh = ctx.shards[t["server"]]
+        if t["server"]:
+            counters.update(t["counters"])
+            staleness.update({int(k): v for k, v in t["staleness_hist"].items()})
+        c = t["counters"]
+        rows.append({"server": t["server"], "lo": sh.lo, "hi": sh.hi, "steps": t["step"],
+                     "bits_up": 8 * c["bytes_up"], "bits_down": 8 * c["bytes_down"],
+                     "staleness_max": max((int(k) for k in t["staleness_hist"]), default=0),
+                     "staleness_hist": t["staleness_hist"],
+                     "server_time_s": {k: round(v, 6) for k, v in t["timers"].items()}})
+    return counters, staleness, rows
+
+
 def _omega(ctx):
-    return ctx.compressor.omega(ctx.d) if ctx.compressor.unbiased else None
+    """The omega the step rules used (with sharded servers, the worst range's)."""
+    if not ctx.compressor.unbiased:
+        return None
+    return max(up.compressor.omega(up.d) for up in ctx.uplinks)
 
 
 def _fmt(v, spec=".6g"):

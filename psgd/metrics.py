@@ -99,14 +99,25 @@ class Metrics:
         x = server.state.x
         if not np.isfinite(np.dot(x, x)):
             return "failed", f"the model holds NaN or Inf after step {server.state.step}"
-        if self.target is None:
-            return None
+        if self.target is None or server.peers is not None:
+            return None  # sharded servers test the target at logged steps (check_record)
         loss = float(self.ctx.ps.loss(x))
         if self.diverged(loss):
             return "failed", self._divergence(loss, server.state.step)
         if loss - self.ctx.f_star <= self.target:
             self.reached = {"target": self.target, "step": server.state.step,
                             "time_s": round(self.elapsed(), 6), **self.counts(server)}
+            return "converged", None
+        return None
+
+    def check_record(self, rec):
+        """At a logged step: divergence, and (sharded servers) the target."""
+        if self.diverged(rec["loss"]):
+            return "failed", self._divergence(rec["loss"], rec["step"])
+        if self.target is not None and self.reached is None and rec["subopt"] <= self.target:
+            self.reached = {"target": self.target, "step": rec["step"], "time_s": rec["time_s"],
+                            **{k: rec[k] for k in ("bits_up", "bits_down", "payload_bits_up",
+                                                   "payload_bits_down", "epoch")}}
             return "converged", None
         return None
 
@@ -120,7 +131,7 @@ class Metrics:
     @staticmethod
     def counts(server) -> dict:
         """The cumulative counters a record carries (bits, payload bits, epochs)."""
-        c = server.counters
+        c = server.total_counters()
         return {"bits_up": 8 * c["bytes_up"], "bits_down": 8 * c["bytes_down"],
                 "payload_bits_up": 8 * c["payload_up"], "payload_bits_down": 8 * c["payload_down"],
                 "epoch": round(server.epochs, 9)}
@@ -130,7 +141,7 @@ class Metrics:
         k = server.state.step
         if k == self.last_step or not (force or k % self.log_every == 0):
             return None
-        rec = {"step": k, "time_s": round(self.elapsed(), 6), **self.evaluate(server.state.x),
+        rec = {"step": k, "time_s": round(self.elapsed(), 6), **self.evaluate(server.model()),
                **self.counts(server), "staleness_max": max(server.staleness, default=0)}
         self.file.write(json.dumps(rec) + "\n")
         self.last_step, self.last = k, rec

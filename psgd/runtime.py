@@ -7,7 +7,7 @@ and the workers read them from the :class:`RunContext` and never rebuild them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -31,25 +31,31 @@ class Streams:
     """
 
     SERVER = 0
+    #: distinguishes the downlink streams of servers 1..S-1 from every other stream
+    SHARD_DOWNLINK = 0x53484152  # "SHAR"
 
-    def __init__(self, seed: int, n_workers: int):
+    def __init__(self, seed: int, n_workers: int, n_servers: int = 1):
         self.seed = seed
         self.n_workers = n_workers
+        self.n_servers = n_servers
 
     def _child(self, i: int) -> np.random.SeedSequence:
         # a fresh spawn each time: the same call always gives the same stream
         return np.random.SeedSequence(self.seed).spawn(self.n_workers + 1)[i]
 
-    def downlink(self) -> np.random.Generator:
-        return np.random.default_rng(self._child(self.SERVER))
+    def downlink(self, shard: int = 0) -> np.random.Generator:
+        if shard == 0:
+            return np.random.default_rng(self._child(self.SERVER))
+        return np.random.default_rng([self.seed, self.SHARD_DOWNLINK, shard])
 
     def worker(self, j: int):
         """(compressor stream, minibatch stream) of worker j."""
         comp, batch = self._child(j + 1).spawn(2)
         return np.random.default_rng(comp), np.random.default_rng(batch)
 
-    def shared_key(self, j: int, seq: int) -> int:
-        return int(np.random.SeedSequence([self.seed, j, seq]).generate_state(1, np.uint64)[0])
+    def shared_key(self, j: int, seq: int, shard: int = 0) -> int:
+        ids = [self.seed, j, seq] if self.n_servers == 1 else [self.seed, j, seq, shard]
+        return int(np.random.SeedSequence(ids).generate_state(1, np.uint64)[0])
 
 
 class Downlink:
@@ -61,8 +67,8 @@ class Downlink:
     for an unbiased C so that the worker's copy converges to the server's model.
     """
 
-    def __init__(self, run_cfg: dict, d: int):
-        cfg = (run_cfg["downlink"] or {}).get("compressor") or EXACT_DOWNLINK
+    def __init__(self, run_cfg: dict, d: int, cfg: dict | None = None):
+        cfg = cfg or (run_cfg["downlink"] or {}).get("compressor") or EXACT_DOWNLINK
         self.compressor = get_compressor(cfg)
         self.exact = cfg["name"] == "identity" and cfg.get("dtype", "float64") == "float64"
         self.scale = 1.0
@@ -96,7 +102,12 @@ class Downlink:
 
 @dataclass
 class RunContext:
-    """Everything a server or worker needs, built identically on every rank."""
+    """Everything a server or worker needs, built identically on every rank.
+
+    With sharded servers (``run.servers: S``) ``shards``, ``uplinks`` and ``downlinks`` hold
+    one entry per key range, and :meth:`for_shard` is the view one server runs on: its
+    range's d, x0, codecs and downlink.
+    """
 
     cfg: dict
     ps: object
@@ -114,6 +125,11 @@ class RunContext:
     x_star: np.ndarray | None = None
     solve_s: float = 0.0
     tau: int = field(default=0)
+    shards: list = field(default_factory=list)
+    uplinks: list = field(default_factory=list)
+    downlinks: list = field(default_factory=list)
+    #: this view's key range (the whole vector unless it is a shard's view)
+    shard: object = None
 
     @property
     def n(self) -> int:
@@ -121,7 +137,19 @@ class RunContext:
 
     @property
     def d(self) -> int:
-        return self.ps.d
+        return self.ps.d if self.shard is None else self.shard.d
+
+    @property
+    def n_servers(self) -> int:
+        return len(self.shards)
+
+    def for_shard(self, s: int) -> "RunContext":
+        """The view server s runs on (S = 1: the context itself)."""
+        if self.n_servers == 1:
+            return self
+        sh = self.shards[s]
+        return replace(self, shard=sh, uplink=self.uplinks[s], downlink=self.downlinks[s],
+                       x0=self.x0[sh.lo:sh.hi].copy())
 
     @property
     def hyper(self):
@@ -132,6 +160,8 @@ class RunContext:
 
 
 def build_context(cfg: dict, roles: Roles) -> RunContext:
+    from . import shards as sharding
+
     n = roles.n_workers
     ps = problems.make_problem(cfg["problem"], cfg["data"], cfg["seed"], n)
     c = problems.constants(ps)
@@ -145,12 +175,23 @@ def build_context(cfg: dict, roles: Roles) -> RunContext:
     if bad:
         raise ConfigError(f"run.worker_delay: worker index {bad[0]} does not exist; allowed: "
                           f"0..{n - 1} ({n} workers)")
-    alg = algorithms.build(cfg, compressor, consts, ps.weights, tau)
-    streams = Streams(cfg["seed"], n)
+    n_servers = len(roles.servers)
+    if n_servers == 1:
+        shards, parts = [sharding.Shard(0, 0, ps.d)], [compressor]
+        rules = compressor
+    else:
+        shards, parts = sharding.split(cfg["compressor"], ps.d, n_servers)
+        rules = sharding.ShardedCompressor(parts, shards)
+    alg = algorithms.build(cfg, rules, consts, ps.weights, tau)
+    streams = Streams(cfg["seed"], n, n_servers)
+    uplinks = [Uplink(c, alg, streams, sh.d, sh.index) for c, sh in zip(parts, shards)]
+    down_cfg = (run["downlink"] or {}).get("compressor") or EXACT_DOWNLINK
+    downlinks = [Downlink(run, sh.d, sharding.shard_config(down_cfg, sh, ps.d)) for sh in shards]
     return RunContext(cfg=cfg, ps=ps, roles=roles, compressor=compressor,
-                      uplink=Uplink(compressor, alg, streams, ps.d),
-                      downlink=Downlink(run, ps.d), consts=consts, alg=alg, streams=streams,
-                      x0=ps.initial_point(), has_l1=cfg["problem"].get("l1", 0.0) > 0, tau=tau)
+                      uplink=uplinks[0], downlink=downlinks[0], consts=consts, alg=alg,
+                      streams=streams, x0=ps.initial_point(),
+                      has_l1=cfg["problem"].get("l1", 0.0) > 0, tau=tau,
+                      shards=shards, uplinks=uplinks, downlinks=downlinks)
 
 
 def _maybe_float(v):

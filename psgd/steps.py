@@ -29,8 +29,9 @@ class Uplink:
     """How worker messages are coded: the run's compressor (or exact float64 on an
     algorithm's full rounds), the shared-seed keys, and the algorithm's message scale."""
 
-    def __init__(self, compressor, alg, streams, d: int):
+    def __init__(self, compressor, alg, streams, d: int, shard: int = 0):
         self.compressor = compressor
+        self.shard = shard
         self.exact = get_compressor(EXACT) if alg.sends_full else None
         self.scale = alg.hyper.message_scale
         self.streams = streams
@@ -46,7 +47,7 @@ class Uplink:
 
     def key(self, codec, j: int, seq: int):
         """The (seed, worker, seq) stream shared-seed compressors use on both ends."""
-        return self.streams.shared_key(j, seq) if codec.shared_randomness else None
+        return self.streams.shared_key(j, seq, self.shard) if codec.shared_randomness else None
 
     def scaled(self, y: np.ndarray) -> np.ndarray:
         """The one place the algorithm's message scale is applied (worker and server alike)."""
@@ -88,22 +89,35 @@ class Received:
 
 
 def worker_step(alg, uplink: Uplink, ws, grad, j: int, seq: int, rng, out: np.ndarray) -> int:
-    """Gradient -> the algorithm's vector -> bytes in ``out``; return their number.
+    """Gradient -> the algorithm's vector -> bytes in ``out``; return their number."""
+    return worker_step_sharded(alg, [uplink], [slice(None)], ws, grad, j, seq, rng, [out])[0]
+
+
+def worker_step_sharded(alg, uplinks, ranges, ws, grad, j, seq, rng, outs) -> list:
+    """The same, one message per key range (``ranges``: slices of the vector), each in its
+    ``outs`` buffer with its own codec header; return the messages' sizes.
 
     An algorithm that keeps a memory in step with the server (DIANA's shift, EF's error)
     needs the decoded message: encode and decode once. Otherwise the code goes straight
-    into ``out`` (the send buffer) with no decode and no temporary.
+    into the send buffer with no decode and no temporary.
     """
     full = alg.full_message(seq)
     v = alg.worker_vector(ws, grad, full)
-    codec = uplink.codec(full)
-    key = uplink.key(codec, j, seq)
-    if not alg.needs_decoded:
-        return codec.encode_into(v, rng, out, key=key)
-    buf, y = codec.encode_decode(v, rng, key=key)
-    alg.worker_update(ws, v, uplink.scaled(y))
-    out[:buf.size] = buf
-    return buf.size
+    y = np.empty_like(v) if alg.needs_decoded else None
+    sizes = []
+    for uplink, part, out in zip(uplinks, ranges, outs):
+        codec = uplink.codec(full)
+        key = uplink.key(codec, j, seq)
+        if y is None:
+            sizes.append(codec.encode_into(v[part], rng, out, key=key))
+            continue
+        buf, decoded = codec.encode_decode(v[part], rng, key=key)
+        y[part] = uplink.scaled(decoded)
+        out[:buf.size] = buf
+        sizes.append(buf.size)
+    if y is not None:
+        alg.worker_update(ws, v, y)
+    return sizes
 
 
 def decode_message(alg, uplink: Uplink, payload, j: int, seq: int) -> Received:

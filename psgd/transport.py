@@ -17,6 +17,7 @@ from .errors import RunError
 
 TAG_UP = 11     # worker -> server (GRAD, BYE, ACK)
 TAG_DOWN = 12   # server -> worker (MODEL, STOP, CKPT)
+TAG_PEER = 13   # server <-> server (GATHER, SHARD, END, TALLY)
 
 
 @dataclass(frozen=True)
@@ -145,13 +146,13 @@ class WorkerLink:
     """A worker's side: one receive buffer from its server, one send buffer to it."""
 
     def __init__(self, comm, roles: Roles, j: int, up_nbytes: int, down_nbytes: int,
-                 deadline_s: float):
+                 deadline_s: float, server: int = 0):
         from mpi4py import MPI
 
         self._MPI = MPI
         self.comm = comm
         self.j = j
-        self.server = roles.server_rank()
+        self.server = roles.server_rank(server)
         self.deadline = deadline_s
         self.recv_buf = np.empty(down_nbytes, np.uint8)
         self.send_buf = np.empty(up_nbytes, np.uint8)
@@ -171,6 +172,13 @@ class WorkerLink:
              self.status)
         return self.recv_buf, self.status.Get_count(self._MPI.BYTE)
 
+    def test(self) -> bool:
+        """Whether the posted receive has completed (its bytes: :meth:`received`)."""
+        return self.recv_req.Test(self.status)
+
+    def received(self):
+        return self.recv_buf, self.status.Get_count(self._MPI.BYTE)
+
     def send_buffer(self) -> np.ndarray:
         from .comm import wait
 
@@ -185,3 +193,59 @@ class WorkerLink:
         from .comm import wait
 
         wait(self.send_req, self.deadline, f"the goodbye of worker {self.j}")
+
+
+class PeerLink:
+    """Server-to-server messages of a sharded run: the coordinator (server 0) talks to
+    every other server, each other server only to the coordinator."""
+
+    def __init__(self, comm, roles: Roles, me: int, max_nbytes: int, timeout_s: float):
+        from mpi4py import MPI
+
+        self._MPI = MPI
+        self.comm = comm
+        self.roles = roles
+        self.timeout = timeout_s
+        others = [s for s in range(len(roles.servers)) if s != me]
+        self.peers = others if me == 0 else [0]
+        self.recv = {s: np.empty(max_nbytes, np.uint8) for s in self.peers}
+        self.reqs = {s: MPI.REQUEST_NULL for s in self.peers}
+        self.status = {s: MPI.Status() for s in self.peers}
+        self.send_buf = np.empty(max_nbytes, np.uint8)
+        for s in self.peers:
+            self._post(s)
+
+    def _post(self, s):
+        self.reqs[s] = self.comm.Irecv([self.recv[s], self._MPI.BYTE],
+                                       source=self.roles.server_rank(s), tag=TAG_PEER)
+
+    def send(self, s: int, kind: int, version: int, payload) -> None:
+        """Send one message to server s and wait until its buffer is free again."""
+        from . import wire
+        from .comm import wait
+
+        n = wire.pack_into(self.send_buf, kind, s, version, 0, payload)
+        req = self.comm.Isend([self.send_buf[:n], self._MPI.BYTE],
+                              dest=self.roles.server_rank(s), tag=TAG_PEER)
+        wait(req, self.timeout, f"the message to server {s}")
+
+    def poll(self) -> list:
+        """[(server, header, payload copy)] of every message that has arrived."""
+        from . import wire
+
+        out = []
+        for s in self.peers:
+            if self.reqs[s].Test(self.status[s]):
+                nbytes = self.status[s].Get_count(self._MPI.BYTE)
+                try:
+                    header, payload = wire.parse(self.recv[s], nbytes, sender=f"server {s}")
+                except Exception as exc:
+                    raise RunError(f"bad message from server {s}: {exc}") from None
+                out.append((s, header, payload.copy()))
+                self._post(s)
+        return out
+
+    def close(self) -> None:
+        from .comm import cancel_all
+
+        cancel_all(list(self.reqs.values()))

@@ -32,7 +32,11 @@ from .errors import WireFormatError
 MAGIC = b"PSGD"
 VERSION = 1
 GRAD, MODEL, STOP, BYE, CKPT, ACK = 1, 2, 3, 4, 5, 6
-KIND_NAMES = {GRAD: "GRAD", MODEL: "MODEL", STOP: "STOP", BYE: "BYE", CKPT: "CKPT", ACK: "ACK"}
+# between sharded servers: the coordinator asks for a shard's model (GATHER), gets it
+# (SHARD), ends the run (END, a JSON status), and collects each server's counters (TALLY)
+GATHER, SHARD, END, TALLY = 7, 8, 9, 10
+KIND_NAMES = {GRAD: "GRAD", MODEL: "MODEL", STOP: "STOP", BYE: "BYE", CKPT: "CKPT", ACK: "ACK",
+              GATHER: "GATHER", SHARD: "SHARD", END: "END", TALLY: "TALLY"}
 #: the worker index of a message whose same bytes go to every worker (synchronous models)
 BROADCAST = 0xFFFF
 

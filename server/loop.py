@@ -36,17 +36,30 @@ def _epoch_shares(ctx):
 
 
 class Server:
-    def __init__(self, link, ctx, metrics, stop_requests=()):
+    """One server: of the whole vector, or (``run.servers`` > 1) of one key range.
+
+    With several servers, server 0 coordinates: it logs (gathering the other ranges at
+    logging steps), decides when the run ends and tells the others (END), and sums their
+    counters (TALLY) into the summary. Each server runs its own receive queue and SSP gate
+    over its own range.
+    """
+
+    def __init__(self, link, ctx, metrics, stop_requests=(), peers=None):
         self.link = link
         self.ctx = ctx
         self.metrics = metrics
+        self.peers = peers                   # PeerLink of a sharded run, else None
+        self.shard = 0 if ctx.shard is None else ctx.shard.index
+        self.ended = None                    # a non-coordinator: the END it was sent
+        self.gather_step = None              # a non-coordinator: the step server 0 wants
+        self.tallies = {}                    # the coordinator: every other server's counters
         self.stop_requests = stop_requests  # filled by the signal handler
         self.n = ctx.n
         self.d = ctx.d
         self.timeout = ctx.cfg["run"]["timeout_s"]
         self.state = ctx.alg.server_init(ctx.x0)
         self.gate = StalenessGate(self.n, ctx.tau)
-        self.down_rng = ctx.streams.downlink()
+        self.down_rng = ctx.streams.downlink(self.shard)
         # the model each worker knows (compressed downlink): one shared mirror when
         # synchronous, since every worker gets the same bytes; one per worker otherwise
         self.broadcast = ctx.alg.synchronous
@@ -65,6 +78,8 @@ class Server:
 
     def run(self, resume_step=None):
         """Serve until the iteration budget, the target, or a stop signal; return the status."""
+        if self.peers is not None and self.shard != 0:
+            return self._run_range()
         run = self.ctx.cfg["run"]
         iterations, every = run["iterations"], run["checkpoint_every"]
         self.t_start = time.perf_counter()
@@ -77,6 +92,10 @@ class Server:
         self.metrics.log(self, force=resume_step is None)  # a resumed run logged its start already
         status = "max_iterations"
         while self.state.step < iterations:
+            if self.stop_requests and self.peers is not None:
+                status, self.failure = "failed", (f"stopped by signal {self.stop_requests[0]}; "
+                                                  f"run.servers > 1 writes no checkpoints")
+                break
             if self.stop_requests:
                 self._checkpoint()
                 status = "interrupted"
@@ -91,8 +110,8 @@ class Server:
             batch = self._update()
             verdict = self.metrics.check(self)  # the target and divergence, every update
             logged = self.metrics.log(self, force=self.state.step >= iterations or bool(verdict))
-            if verdict is None and logged is not None and self.metrics.diverged(logged["loss"]):
-                verdict = "failed", self.metrics._divergence(logged["loss"], self.state.step)
+            if verdict is None and logged is not None:
+                verdict = self.metrics.check_record(logged)
             if verdict is not None:
                 status, self.failure = verdict
                 break
@@ -102,8 +121,137 @@ class Server:
                 self._checkpoint()
             self._send_models(batch)
         self.metrics.log(self, force=True)
+        self.final_x = self.model()
+        if self.peers is not None:
+            self._end_ranges(status)
         self._shutdown()
         return status
+
+    # -- sharded servers -------------------------------------------------------------
+
+    def model(self) -> np.ndarray:
+        """The whole model: this server's, or (sharded coordinator) gathered from all."""
+        if self.peers is None:
+            return self.state.x
+        x = np.empty(self.ctx.ps.d)
+        sh = self.ctx.shards
+        x[sh[0].lo:sh[0].hi] = self.state.x
+        for s in self.peers.peers:
+            self.peers.send(s, wire.GATHER, self.state.step, b"")
+        got = {}
+
+        def collect(s, header, payload):  # each server answers with its range, then its tally
+            if header.kind == wire.SHARD:
+                got[s] = payload
+            elif header.kind == wire.TALLY:
+                self.tallies[s] = json.loads(payload.tobytes())
+
+        self._await_peers(collect, lambda: len(got) == len(self.tallies) == len(sh) - 1,
+                          "the model ranges of servers")
+        for s, payload in got.items():
+            x[sh[s].lo:sh[s].hi] = np.frombuffer(payload.tobytes(), dtype=np.float64)
+        return x
+
+    def total_counters(self) -> Counter:
+        """Every server's counters (the others' as of their last tally)."""
+        total = Counter(self.counters)
+        for t in self.tallies.values():
+            total.update(t["counters"])
+        return total
+
+    def _await_peers(self, handle, until, what):
+        backoff = Backoff()
+        end = time.monotonic() + self.timeout + 30
+        while not until():
+            msgs = self.peers.poll()
+            for s, header, payload in msgs:
+                handle(s, header, payload)
+            if not msgs:
+                if time.monotonic() > end:
+                    raise RunError(f"server {self.shard}: no answer within {self.timeout + 30:.0f} "
+                                   f"s waiting for {what}")
+                backoff.wait()
+
+    def _end_ranges(self, status):
+        """The coordinator: tell every other server the run is over and collect its counters."""
+        for s in self.peers.peers:
+            self.peers.send(s, wire.END, self.state.step, json.dumps({"status": status}).encode())
+
+        final = {}
+
+        def tally(s, header, payload):
+            if header.kind == wire.TALLY:
+                self.tallies[s] = final[s] = json.loads(payload.tobytes())
+
+        self._await_peers(tally, lambda: len(final) == len(self.peers.peers),
+                          "the counters of servers")
+        self.peers.close()
+
+    def _serve_peers(self):
+        """A non-coordinator: answer server 0 (a range of the model, the end of the run)."""
+        for _, header, payload in self.peers.poll():
+            if header.kind == wire.GATHER:
+                self.gather_step = header.version
+            elif header.kind == wire.END:
+                self.ended = json.loads(payload.tobytes())
+        self._answer_gather()
+
+    def _answer_gather(self):
+        # synchronous: the range at the coordinator's step (this server may be one behind);
+        # asynchronous: whatever this range's model is now
+        if self.gather_step is None:
+            return
+        if self.ctx.alg.synchronous and self.state.step < self.gather_step:
+            return
+        self.peers.send(0, wire.SHARD, self.state.step, self.state.x.view(np.uint8))
+        self.peers.send(0, wire.TALLY, self.state.step, json.dumps(self.tally()).encode())
+        self.gather_step = None
+
+    def _run_range(self):
+        """The loop of server s > 0: serve its range until server 0 ends the run."""
+        iterations = self.ctx.cfg["run"]["iterations"]
+        self.t_start = time.perf_counter()
+        self.wall_segments = []
+        for j in range(self.n):
+            self.link.post_recv(j)
+        self._send_models(list(range(self.n)))
+        while self.ended is None:
+            if self.ctx.alg.synchronous and self.state.step >= iterations:
+                self._await_end()
+                break
+            self._poll(self._receive_gradient, until=lambda: self.ended is not None or
+                       self.gate.may_update(self.state.step, len(self.queued)))
+            if self.ended is not None:
+                break
+            batch = self._update()
+            if not np.isfinite(np.dot(self.state.x, self.state.x)):
+                raise RunError(f"server {self.shard}: its range of the model holds NaN or Inf "
+                               f"after step {self.state.step}; try a smaller algorithm.stepsize")
+            self._answer_gather()
+            if not (self.ctx.alg.synchronous and self.state.step >= iterations):
+                self._send_models(batch)
+        self._shutdown()  # (first, so that the workers' goodbyes are in the counts)
+        self.peers.send(0, wire.TALLY, self.state.step, json.dumps(self.tally()).encode())
+        self.peers.close()
+        return self.ended["status"]
+
+    def _await_end(self):
+        """Serve server 0's requests until it ends the run."""
+        backoff = Backoff()
+        end = time.monotonic() + 2 * self.timeout + 60
+        while self.ended is None:
+            self._serve_peers()
+            if self.ended is None:
+                if time.monotonic() > end:
+                    raise RunError(f"server {self.shard}: server 0 did not end the run within "
+                                   f"{2 * self.timeout + 60:.0f} s of this range's last step")
+                backoff.wait()
+
+    def tally(self) -> dict:
+        """This server's counters, as the summary reports them per range."""
+        return {"server": self.shard, "counters": {k: self.counters[k] for k in COUNTERS},
+                "staleness_hist": {str(k): v for k, v in sorted(self.staleness.items())},
+                "timers": dict(self.timers), "step": self.state.step}
 
     def _poll(self, handle, until, deadline_s=None, late=None):
         """Service arrivals with ``handle(j)`` until ``until()`` holds.
@@ -115,6 +263,10 @@ class Server:
         backoff = Backoff()
         end = None if deadline_s is None else time.monotonic() + deadline_s
         while not until():
+            if self.peers is not None and self.shard != 0 and self.ended is None:
+                self._serve_peers()  # (the main loop's ``until`` watches for the END)
+                if self.ended is not None and until():
+                    return
             done = self.link.completed()
             if not done:
                 if end is None:

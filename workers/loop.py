@@ -113,7 +113,7 @@ class Worker:
 
     # -- sending ---------------------------------------------------------------------
 
-    def _send_gradient(self, version):
+    def _gradient(self, version):
         if self.delay:
             time.sleep(self.delay)
         if self.batch_size is None:
@@ -121,8 +121,16 @@ class Worker:
         else:
             g = self.objective.stochastic_grad(self.x, self.batch_size, self.batch_rng)
         if not np.all(np.isfinite(g)):
-            raise RunError(f"worker {self.j}: the gradient at its step {self.seq_out} "
+            raise RunError(f"worker {self.j}: the gradient at its step {self.gradients_sent} "
                            f"(model version {version}) contains NaN or Inf")
+        return g
+
+    @property
+    def gradients_sent(self) -> int:
+        return self.seq_out
+
+    def _send_gradient(self, version):
+        g = self._gradient(version)
         buf = self.link.send_buffer()
         n = steps.worker_step(self.ctx.alg, self.ctx.uplink, self.state, g, self.j, self.seq_out,
                               self.rng, buf[wire.HEADER_NBYTES:])
@@ -134,3 +142,98 @@ class Worker:
         self.link.send(wire.pack_into(buf, kind, self.j, version, self.seq_out, b""))
         if advance:  # a checkpoint ACK does not advance the sequence
             self.seq_out += 1
+
+
+class ShardedWorker(Worker):
+    """A worker of a run with S servers (``run.servers``), one per key range.
+
+    It sends each gradient as S messages, one per range, each to that range's server, and
+    computes the next gradient once every server has sent its range of the model: the
+    model is assembled from the servers' ranges. Per server, the exchange is the S = 1
+    protocol (its own sequence numbers, versions, STOP and BYE).
+    """
+
+    def __init__(self, links, ctx, index: int):
+        super().__init__(links[0], ctx, index)
+        self.links = links
+        self.ranges = [slice(sh.lo, sh.hi) for sh in ctx.shards]
+        self.seq_in = [0] * len(links)
+        self.seq_out = [0] * len(links)
+
+    @property
+    def gradients_sent(self) -> int:
+        return self.seq_out[0]
+
+    def run(self):
+        from psgd.comm import Backoff
+
+        for link in self.links:
+            link.post_recv()
+        everyone = set(range(len(self.links)))
+        live, fresh = set(everyone), {}
+        deadline, since, backoff = self.first_deadline, time.monotonic(), Backoff()
+        while live:
+            arrived = [s for s in sorted(live) if self.links[s].test()]
+            if not arrived:
+                if time.monotonic() - since > deadline:
+                    raise RunError(f"worker {self.j}: timed out after {deadline:.0f} s waiting "
+                                   f"for servers {sorted(live - fresh.keys())}")
+                backoff.wait()
+                continue
+            backoff.reset()
+            since, deadline = time.monotonic(), self.deadline
+            for s in arrived:
+                header, payload = self._parse_from(s, *self.links[s].received())
+                if header.kind == wire.STOP:
+                    live.discard(s)
+                    fresh.pop(s, None)
+                    self._send_to(s, wire.BYE, 0)
+                    continue
+                if header.kind == wire.CKPT:
+                    raise RunError(f"worker {self.j}: checkpoints are not supported with "
+                                   f"run.servers > 1")
+                r = self.ranges[s]
+                try:
+                    self.x[r] = self.ctx.downlinks[s].apply(payload, self.x[r])
+                except WireFormatError as exc:
+                    raise RunError(f"worker {self.j}: bad model message from server {s}: "
+                                   f"{exc}") from None
+                fresh[s] = header.version
+                self.links[s].post_recv()
+            # the next gradient needs every range; once a server has stopped the run is over
+            if live == everyone and fresh.keys() == everyone:
+                self._send_gradients(fresh)
+                fresh = {}
+        for link in self.links:
+            link.close()
+
+    def _parse_from(self, s, buf, nbytes):
+        try:
+            header, payload = wire.parse(buf, nbytes, sender=f"server {s}")
+            to_me = header.worker == self.j or (header.kind == wire.MODEL
+                                                and header.worker == wire.BROADCAST)
+            if header.kind not in (wire.MODEL, wire.STOP, wire.CKPT) or not to_me \
+                    or header.seq != self.seq_in[s]:
+                raise WireFormatError(f"unexpected {wire.KIND_NAMES[header.kind]} message "
+                                      f"(worker {header.worker}, seq {header.seq}; expected "
+                                      f"worker {self.j}, seq {self.seq_in[s]})")
+        except WireFormatError as exc:
+            raise RunError(f"worker {self.j}: bad message from server {s}: {exc}") from None
+        if header.kind != wire.CKPT:
+            self.seq_in[s] += 1
+        return header, payload
+
+    def _send_gradients(self, versions):
+        g = self._gradient(versions[0])
+        bufs = [link.send_buffer() for link in self.links]
+        sizes = steps.worker_step_sharded(
+            self.ctx.alg, self.ctx.uplinks, self.ranges, self.state, g, self.j,
+            self.gradients_sent, self.rng, [b[wire.HEADER_NBYTES:] for b in bufs])
+        for s, (link, buf, n) in enumerate(zip(self.links, bufs, sizes)):
+            link.send(wire.pack_header(buf, wire.GRAD, self.j, versions[s], self.seq_out[s], n))
+            self.seq_out[s] += 1
+
+    def _send_to(self, s, kind, version):
+        buf = self.links[s].send_buffer()
+        self.links[s].send(wire.pack_into(buf, kind, self.j, version, self.seq_out[s], b""))
+        self.seq_out[s] += 1
