@@ -37,24 +37,27 @@ def _steps(d, n, budget):
     return int(max(5, min(2000, budget / (d * max(n, 1)))))
 
 
-def _config(d, n, mode, tau, steps, out):
+def _config(d, n, mode, tau, steps, out, servers=1):
     return {
         "seed": 0,
         "problem": {"name": "quadratic", "n_features": d, "mu": 0.1, "L": 1.0},
         "algorithm": {"name": "diana"},
-        "compressor": {"name": "random_dithering", "levels": 1, "norm": "inf", "block_size": 1024},
+        # blocks of 1024, or smaller when S servers could not each own a whole block
+        "compressor": {"name": "random_dithering", "levels": 1, "norm": "inf",
+                       "block_size": min(1024, -(-d // servers))},
         "run": {"mode": mode, "max_staleness": tau if mode == "async" else 0, "iterations": steps,
-                "log_every": steps, "timeout_s": 600},
+                "log_every": steps, "timeout_s": 600, "servers": servers},
         "output": {"dir": out},
     }
 
 
-def run_psgd(d, n, mode, tau, steps, workdir, repeat=0):
-    out = os.path.join(workdir, f"ps-{n}-{d}-{mode}-{repeat}")
+def run_psgd(d, n, mode, tau, steps, workdir, repeat=0, servers=1):
+    out = os.path.join(workdir, f"ps-{n}-{d}-{mode}-{servers}-{repeat}")
     path = out + ".yaml"
     with open(path, "w") as fh:
-        yaml.safe_dump(_config(d, n, mode, tau, steps, out), fh)
-    proc = subprocess.run([_mpiexec(), "-n", str(n + 1), sys.executable, "-m", "psgd", "run", path],
+        yaml.safe_dump(_config(d, n, mode, tau, steps, out, servers), fh)
+    proc = subprocess.run([_mpiexec(), "-n", str(n + servers), sys.executable, "-m", "psgd", "run",
+                           path],
                           capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"psgd run failed (n={n}, d={d}, {mode}): {proc.stderr.strip()[-500:]}")
@@ -64,7 +67,22 @@ def run_psgd(d, n, mode, tau, steps, workdir, repeat=0):
     row = {"steps_per_s": k / s["wall_s"], "bits_up_per_step": s["bits_up_total"] / k}
     for phase in PHASES:
         row[f"{phase}_ms"] = 1e3 * s["server_time_s"].get(phase, 0.0) / k
+    for r in s.get("shards", [])[1:]:  # the other servers' split (server 0's is above)
+        for phase in PHASES:
+            row[f"s{r['server']}_{phase}_ms"] = 1e3 * r["server_time_s"].get(phase, 0.0) / k
     return row
+
+
+def streaming_pass_ms(d, repeats=5):
+    """One streaming pass over d float32 values into a float64 vector (out += x): the
+    memory traffic of one message's fused decode-and-accumulate, the bound apply is held to."""
+    x, out = np.ones(d, np.float32), np.zeros(d)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.add(out, x, out=out)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
 
 
 def median_of(samples):
@@ -106,12 +124,32 @@ def allreduce_rank(d, steps):
         print(json.dumps({"steps_per_s": steps / wall, "bits_per_step": 64 * d * n}))
 
 
+def _row(d, n, mode, n_servers, steps, base, pass_ms, args, work):
+    runs = [run_psgd(d, n, mode, args.tau, steps, work, r, n_servers) for r in range(args.repeats)]
+    row = {"n": n, "servers": n_servers, "d": d, "mode": mode, "steps": steps, **median_of(runs),
+           "steps_per_s_runs": [r["steps_per_s"] for r in runs],
+           "allreduce_steps_per_s": base["steps_per_s"],
+           "allreduce_bits_per_step": base["bits_per_step"], "pass_ms": pass_ms}
+    row["ratio"] = row["steps_per_s"] / row["allreduce_steps_per_s"]
+    # a synchronous update applies n messages; an asynchronous one about one
+    per_msg = row["apply_ms"] / (n if mode == "sync" else 1)
+    print(f"{n:>2} {n_servers:>2} {d:>9} {mode:>5} {row['steps_per_s']:>9.1f} "
+          + " ".join(f"{row[f'{ph}_ms']:>8.3f}" for ph in PHASES)
+          + f" {row['allreduce_steps_per_s']:>9.1f} {row['ratio']:>6.2f}"
+          f" {row['bits_up_per_step']:>10.0f} {per_msg:>9.3f} {pass_ms:>7.3f}", flush=True)
+    for s in range(1, n_servers):
+        print(f"{'':>2} {'s' + str(s):>2} {'':>9} {'':>5} {'':>9} "
+              + " ".join(f"{row[f's{s}_{ph}_ms']:>8.3f}" for ph in PHASES), flush=True)
+    return row
+
+
 def main(argv) -> int:
     p = argparse.ArgumentParser(prog="psgd bench runtime", description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", default="1,2,4,8", help="comma-separated worker counts")
     p.add_argument("--dims", default="1000,100000,10000000", help="comma-separated dimensions")
     p.add_argument("--modes", default="sync,async")
     p.add_argument("--tau", type=int, default=2, help="max_staleness for async runs")
+    p.add_argument("--servers", default="1", help="comma-separated server counts (run.servers)")
     p.add_argument("--budget", type=float, default=3e8,
                    help="coordinates x workers per run; sets the step count (5..2000)")
     p.add_argument("--repeats", type=int, default=3, help="runs per row; the table shows medians")
@@ -125,38 +163,35 @@ def main(argv) -> int:
         workers = [int(v) for v in args.workers.split(",")]
         dims = [int(float(v)) for v in args.dims.split(",")]
         modes = args.modes.split(",")
+        servers = [int(v) for v in args.servers.split(",")]
         if (any(m not in ("sync", "async") for m in modes) or min(workers) < 1 or min(dims) < 1
-                or args.repeats < 1):
+                or args.repeats < 1 or min(servers) < 1):
             raise ValueError
     except ValueError:
-        print("psgd: error: --workers/--dims/--repeats take positive integers, --modes sync "
-              "and/or async", file=sys.stderr)
+        print("psgd: error: --workers/--dims/--repeats/--servers take positive integers, --modes "
+              "sync and/or async", file=sys.stderr)
         return 2
     rows = []
-    header = (f"{'n':>2} {'d':>9} {'mode':>5} {'steps/s':>9} {'wait':>8} {'decode':>8} {'apply':>8} "
-              f"{'encode':>8} {'send':>8} {'allred/s':>9} {'ratio':>6} {'bits/step':>10}")
-    print("per-step server time in ms; allred/s = uncompressed MPI.Allreduce data-parallel GD on "
-          f"n ranks; ratio = psgd / allreduce; medians of {args.repeats} runs; "
-          f"{os.cpu_count()} cores (oversubscribed beyond that)")
+    header = (f"{'n':>2} {'S':>2} {'d':>9} {'mode':>5} {'steps/s':>9} {'wait':>8} {'decode':>8} "
+              f"{'apply':>8} {'encode':>8} {'send':>8} {'allred/s':>9} {'ratio':>6} "
+              f"{'bits/step':>10} {'apply/msg':>9} {'pass':>7}")
+    print("per-step server time in ms (server 0; the other servers' split on the lines below); "
+          "decode = receive checks and copy, apply = the fused decode-and-accumulate of every "
+          "message plus the step; allred/s = uncompressed MPI.Allreduce data-parallel GD on n "
+          "ranks; ratio = psgd / allreduce; pass = one streaming pass over d float32 values "
+          f"(the bound for apply/msg); medians of {args.repeats} runs; {os.cpu_count()} cores "
+          "(oversubscribed beyond that)")
     print(header)
     with tempfile.TemporaryDirectory() as work:
         for d in dims:
             for n in workers:
                 steps = _steps(d, n, args.budget)
                 base = median_of([run_allreduce(d, n, steps) for _ in range(args.repeats)])
+                pass_ms = streaming_pass_ms(d)
                 for mode in modes:
-                    runs = [run_psgd(d, n, mode, args.tau, steps, work, r)
-                            for r in range(args.repeats)]
-                    row = {"n": n, "d": d, "mode": mode, "steps": steps, **median_of(runs),
-                           "steps_per_s_runs": [r["steps_per_s"] for r in runs],
-                           "allreduce_steps_per_s": base["steps_per_s"],
-                           "allreduce_bits_per_step": base["bits_per_step"]}
-                    row["ratio"] = row["steps_per_s"] / row["allreduce_steps_per_s"]
-                    rows.append(row)
-                    print(f"{n:>2} {d:>9} {mode:>5} {row['steps_per_s']:>9.1f} "
-                          + " ".join(f"{row[f'{ph}_ms']:>8.3f}" for ph in PHASES)
-                          + f" {row['allreduce_steps_per_s']:>9.1f} {row['ratio']:>6.2f}"
-                          f" {row['bits_up_per_step']:>10.0f}", flush=True)
+                    for n_servers in servers:
+                        row = _row(d, n, mode, n_servers, steps, base, pass_ms, args, work)
+                        rows.append(row)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

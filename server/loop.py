@@ -219,8 +219,10 @@ class Server:
             if self.ctx.alg.synchronous and self.state.step >= iterations:
                 self._await_end()
                 break
+            t0 = time.perf_counter()
             self._poll(self._receive_gradient, until=lambda: self.ended is not None or
                        self.gate.may_update(self.state.step, len(self.queued)))
+            self.timers["wait"] += time.perf_counter() - t0 - self._decode_s
             if self.ended is not None:
                 break
             batch = self._update()

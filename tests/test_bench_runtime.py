@@ -23,7 +23,21 @@ def test_runtime_bench_tiny_grid(tmp_path):
         assert r["steps_per_s"] == sorted(r["steps_per_s_runs"])[1]
         # the ternary code: 32-byte envelope + 8-byte codec header + one scale + ceil(1000/5)
         assert r["bits_up_per_step"] >= 8 * (32 + 8 + 4 + 200)
-    assert "allred/s" in proc.stdout
+    assert "allred/s" in proc.stdout and "pass" in proc.stdout
+
+
+def test_runtime_bench_reports_every_server(tmp_path):
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, "-m", "psgd", "bench", "runtime", "--workers", "2",
+                           "--dims", "1000", "--budget", "20000", "--repeats", "1", "--modes",
+                           "sync", "--servers", "1,2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())
+    assert [r["servers"] for r in rows] == [1, 2]
+    assert "s1_apply_ms" in rows[1] and "s1_apply_ms" not in rows[0]
+    # the ranges' messages: each worker sends one per server, each with its own headers
+    assert rows[1]["bits_up_per_step"] > rows[0]["bits_up_per_step"]
 
 
 @pytest.mark.parametrize("bad", [["--modes", "fast"], ["--repeats", "0"]])
