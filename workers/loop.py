@@ -17,6 +17,23 @@ from psgd import checkpoint, steps, wire
 from psgd.errors import RunError, WireFormatError
 
 
+def parse_server_message(buf, nbytes, j: int, seq: int, sender: str):
+    """(header, payload) of a message from a server to worker j, which expects sequence
+    number ``seq``; anything else is a RunError naming the sender."""
+    try:
+        header, payload = wire.parse(buf, nbytes, sender=sender)
+        to_me = header.worker == j or (header.kind == wire.MODEL
+                                       and header.worker == wire.BROADCAST)
+        if header.kind not in (wire.MODEL, wire.STOP, wire.CKPT) or not to_me \
+                or header.seq != seq:
+            raise WireFormatError(f"unexpected {wire.KIND_NAMES[header.kind]} message "
+                                  f"(worker {header.worker}, seq {header.seq}; expected "
+                                  f"worker {j}, seq {seq})")
+    except WireFormatError as exc:
+        raise RunError(f"worker {j}: bad message from {sender}: {exc}") from None
+    return header, payload
+
+
 class Worker:
     def __init__(self, link, ctx, index: int):
         self.link = link
@@ -69,17 +86,7 @@ class Worker:
     # -- receiving -------------------------------------------------------------------
 
     def _parse(self, buf, nbytes):
-        try:
-            header, payload = wire.parse(buf, nbytes, sender="the server")
-            to_me = header.worker == self.j or (header.kind == wire.MODEL
-                                                and header.worker == wire.BROADCAST)
-            if header.kind not in (wire.MODEL, wire.STOP, wire.CKPT) or not to_me \
-                    or header.seq != self.seq_in:
-                raise WireFormatError(f"unexpected {wire.KIND_NAMES[header.kind]} message "
-                                      f"(worker {header.worker}, seq {header.seq}; expected "
-                                      f"worker {self.j}, seq {self.seq_in})")
-        except WireFormatError as exc:
-            raise RunError(f"worker {self.j}: bad message from the server: {exc}") from None
+        header, payload = parse_server_message(buf, nbytes, self.j, self.seq_in, "the server")
         if header.kind != wire.CKPT:  # checkpoint control does not advance the sequence
             self.seq_in += 1
         return header, payload
@@ -208,17 +215,7 @@ class ShardedWorker(Worker):
             link.close()
 
     def _parse_from(self, s, buf, nbytes):
-        try:
-            header, payload = wire.parse(buf, nbytes, sender=f"server {s}")
-            to_me = header.worker == self.j or (header.kind == wire.MODEL
-                                                and header.worker == wire.BROADCAST)
-            if header.kind not in (wire.MODEL, wire.STOP, wire.CKPT) or not to_me \
-                    or header.seq != self.seq_in[s]:
-                raise WireFormatError(f"unexpected {wire.KIND_NAMES[header.kind]} message "
-                                      f"(worker {header.worker}, seq {header.seq}; expected "
-                                      f"worker {self.j}, seq {self.seq_in[s]})")
-        except WireFormatError as exc:
-            raise RunError(f"worker {self.j}: bad message from server {s}: {exc}") from None
+        header, payload = parse_server_message(buf, nbytes, self.j, self.seq_in[s], f"server {s}")
         if header.kind != wire.CKPT:
             self.seq_in[s] += 1
         return header, payload
