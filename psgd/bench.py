@@ -1,10 +1,7 @@
 """``psgd bench WHAT [options]``: dispatch to one benchmark module.
 
-* ``codecs``   :mod:`psgd.bench_codecs`   encode / decode-and-accumulate throughput of every
-  compressor against its NumPy twin and the memory-bandwidth ceiling
-* ``frontier`` :mod:`psgd.bench_frontier` measured bits per coordinate and variance against
-  the lower bounds
-* ``runtime``  :mod:`psgd.bench_runtime`  the parameter server against an MPI.Allreduce baseline
+Each entry of :data:`BENCHMARKS` is a module with ``main(argv) -> int`` and the one-line
+summary ``psgd bench`` and ``psgd bench --help`` print.
 """
 
 from __future__ import annotations
@@ -12,15 +9,36 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"codecs": "psgd.bench_codecs", "frontier": "psgd.bench_frontier",
-              "runtime": "psgd.bench_runtime"}
+#: name -> (module, one-line summary)
+BENCHMARKS = {
+    "codecs": ("psgd.bench_codecs", "encode / decode-and-accumulate throughput, bits and omega of "
+                                    "every compressor against its NumPy twin and np.copyto"),
+    "frontier": ("psgd.bench_frontier", "measured bits per coordinate and variance of every "
+                                        "compressor beside the lower bounds (--out FIG.png)"),
+    "runtime": ("psgd.bench_runtime", "steps/s and the server's time split, sync and async, "
+                                      "against an MPI.Allreduce data-parallel baseline"),
+}
 
 
-def main(what: str, rest) -> int:
+def listing() -> str:
+    """One line per benchmark, for the help texts."""
+    width = max(map(len, BENCHMARKS))
+    return "\n".join(f"  {name:<{width}}  {summary}" for name, (_, summary) in BENCHMARKS.items())
+
+
+def usage() -> str:
+    return ("usage: psgd bench WHAT [options]   (psgd bench WHAT --help for its options)\n\n"
+            f"benchmarks:\n{listing()}")
+
+
+def main(what: str | None, rest) -> int:
     """Run benchmark ``what`` with the remaining arguments; exit code 2 for an unknown one."""
+    if what in (None, "-h", "--help"):
+        print(usage())
+        return 0
     if what not in BENCHMARKS:
-        print(f"psgd bench: error: unknown benchmark {what!r}; known: {', '.join(BENCHMARKS)}",
-              file=sys.stderr)
+        print(f"psgd bench: error: unknown benchmark {what!r}; known: {', '.join(BENCHMARKS)} "
+              "(psgd bench --help lists them)", file=sys.stderr)
         return 2
-    module = importlib.import_module(BENCHMARKS[what])
+    module = importlib.import_module(BENCHMARKS[what][0])
     return module.main(list(rest))

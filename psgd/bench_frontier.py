@@ -56,8 +56,9 @@ SERIES_KEYS = ("variant", "block_size", "norm", "dtype")
 def _parser():
     p = argparse.ArgumentParser(prog="psgd bench frontier",
                                 description="Measured bits/coordinate and normalized variance of "
-                                            "every registered compressor beside the lower bounds "
-                                            "of papers.md §C.")
+                                            "every registered compressor beside two lower bounds: "
+                                            "the uncertainty principle (Safaryan et al.) and the "
+                                            "average case (Albasyoni et al.).")
     p.add_argument("--dim", type=int, default=64, help="vector length d (default 64)")
     p.add_argument("--trials", type=int, default=40, help="random vectors per setting (default 40)")
     p.add_argument("--seed", type=int, default=0)

@@ -21,28 +21,73 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+class _Override(argparse.Action):
+    """``--set k=v`` and ``--unset k`` into one ordered list (``--unset k`` is ``k=~``)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        from .config import REMOVE
+
+        items = list(getattr(namespace, self.dest) or [])
+        items.append(value if option_string == "--set" else f"{value}={REMOVE}")
+        setattr(namespace, self.dest, items)
+
+
+def _add_overrides(p):
+    p.add_argument("--set", action=_Override, dest="set", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config value (repeatable; the value is YAML), e.g. "
+                        "--set run.iterations=500; --set KEY.PATH=~ removes the key, so its "
+                        "default applies (=null sets null)")
+    p.add_argument("--unset", action=_Override, dest="set", metavar="KEY.PATH",
+                   help="remove a key from the config (repeatable), e.g. --set "
+                        "algorithm.name=dqgd --unset algorithm.alpha")
+
+
 def _parser():
-    p = _Parser(prog="psgd", description="Distributed optimization with compressed gradients on MPI.")
+    from .bench import listing
+
+    p = _Parser(prog="psgd", description="Distributed optimization with compressed gradients "
+                                         "on MPI. README.md has the quick start.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    r = sub.add_parser("run", help="run an experiment under mpiexec/srun (rank 0 = server)")
+    r = sub.add_parser("run", help="run an experiment under mpiexec/srun (rank 0 = server)",
+                       description="Run an experiment: mpiexec -n N psgd run CONFIG (N - 1 "
+                                   "workers); configs/ holds examples.")
     r.add_argument("config")
-    r.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a config value (repeatable), e.g. --set run.iterations=500")
+    _add_overrides(r)
     r.add_argument("--out", help="output directory (overrides output.dir)")
     r.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in the output directory")
 
-    v = sub.add_parser("validate", help="load and validate a config; print the resolved config")
+    v = sub.add_parser("validate", help="check a config as psgd run would; print it resolved",
+                       description="Load and check a config without MPI and print it with every "
+                                   "default filled in. With -n N also what needs the worker "
+                                   "count. Exit 2 and one line when psgd run would refuse it.")
     v.add_argument("config")
-    v.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    _add_overrides(v)
+    v.add_argument("-n", "--workers", type=int, default=None, metavar="N",
+                   help="the number of workers (mpiexec -n N+1): also check the problem's "
+                        "worker rules, the data's sample count and run.worker_delay")
+    v.add_argument("--out", help="output directory to check (overrides output.dir)")
 
-    sub.add_parser("list", help="the registered compressors, algorithms and problems")
+    lst = sub.add_parser("list", help="compressors, algorithms, problems and config sections "
+                                      "with their parameters",
+                         description="Every registered component and config section with each "
+                                     "parameter's meaning, allowed range and default.")
+    lst.add_argument("name", nargs="?", help="show only this entry (e.g. top_k, diana, run)")
 
-    b = sub.add_parser("bench", help="benchmarks (see psgd bench --help)")
-    b.add_argument("what", help="which benchmark")
-    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b = sub.add_parser("bench", help="benchmarks: " + ", ".join(_bench_names()),
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=f"benchmarks (psgd bench WHAT --help for options):\n{listing()}",
+                       )
+    b.add_argument("what", nargs="?", help="which benchmark")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     return p
+
+
+def _bench_names():
+    from .bench import BENCHMARKS
+
+    return list(BENCHMARKS)
 
 
 def main(argv=None) -> int:
@@ -53,12 +98,11 @@ def main(argv=None) -> int:
 
             return run(args.config, args.set, out=args.out, resume=args.resume)
         if args.command == "validate":
-            from .config import dump, load
-
-            print(dump(load(args.config, args.set)), end="")
-            return 0
+            return _validate(args)
         if args.command == "list":
-            return _list()
+            from .listing import show
+
+            return show(args.name)
         if args.command == "bench":
             from .bench import main as bench_main
 
@@ -72,18 +116,16 @@ def main(argv=None) -> int:
     return 0
 
 
-def _list() -> int:
-    from . import algorithms, compressors, problems  # noqa: F401  (fill the registry)
-    from .registry import classes
+def _validate(args) -> int:
+    from .config import check_launch, dump, load
+    from .outdir import check_output_dir
 
-    for kind in ("compressor", "algorithm", "problem"):
-        print(f"{kind}s:")
-        for name, cls in sorted(classes(kind).items()):
-            params = ", ".join(f"{k}={c.default!r}" for k, c in cls.params.items())
-            extra = ""
-            if kind == "compressor":
-                extra = " [unbiased]" if cls.unbiased else " [biased]"
-            print(f"  {name}{extra}: {params or 'no parameters'}")
+    cfg = load(args.config, args.set)
+    if args.out is not None:
+        cfg["output"]["dir"] = args.out
+    check_launch(cfg, args.workers)
+    check_output_dir(cfg["output"]["dir"])
+    print(dump(cfg), end="")
     return 0
 
 

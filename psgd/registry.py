@@ -24,11 +24,14 @@ def register(kind: str):
     return deco
 
 
-def lookup(kind: str, name) -> type:
+def lookup(kind: str, name, path: str | None = None) -> type:
+    """The class registered as ``name``; errors name the key ``path`` (default: ``kind``)."""
+    from .validation import shown
+
     table = _REGISTRY[kind]
-    if name not in table:
-        raise UnknownComponentError(
-            f"{kind}.name: got {name!r}; allowed: one of {', '.join(sorted(table))}")
+    if not isinstance(name, str) or name not in table:
+        raise UnknownComponentError(f"{path or kind}.name: got {shown(name)}; allowed: one of "
+                                    f"{', '.join(sorted(table))}")
     return table[name]
 
 

@@ -10,8 +10,35 @@ from __future__ import annotations
 
 import math
 import numbers
+import reprlib
 
 from .errors import ConfigError
+
+#: the default range of an ``Int`` without an upper bound: d, k, block sizes and counts are
+#: int32 on the wire and in the kernels, so nothing larger can run
+MAX_INT = 2**31 - 1
+#: the default magnitude bound of a ``Real``: keeps every product with a gradient, a scale or a
+#: time finite in float64 (and a float32 scale finite); tighter ranges are declared where known
+MAX_REAL = 1e12
+#: at most this many characters of a rejected value appear in an error message
+SHOWN_CHARS = 80
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple = 3, 4, 4, 4
+_REPR.maxset = _REPR.maxfrozenset = _REPR.maxdeque = _REPR.maxarray = 4
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother = SHOWN_CHARS, 40, SHOWN_CHARS
+
+
+def shown(value) -> str:
+    """``repr(value)`` cut to about :data:`SHOWN_CHARS` characters.
+
+    reprlib stops descending after a few levels and items, so even a value built from YAML
+    aliases (a billion shared leaves) is described in microseconds, not printed whole.
+    """
+    text = _REPR.repr(value)
+    if len(text) > SHOWN_CHARS:
+        text = text[:SHOWN_CHARS - 3] + "..."
+    return text
 
 
 class Constraint:
@@ -36,22 +63,19 @@ class Constraint:
             return self.convert(value)
         except (ValueError, TypeError):
             raise ConfigError(
-                f"{path}: got {value!r}; allowed: {self.describe()}") from None
+                f"{path}: got {shown(value)}; allowed: {self.describe()}") from None
 
 
 class Int(Constraint):
+    """An integer in [lo, hi]; ``hi`` defaults to :data:`MAX_INT` and ``lo`` to -MAX_INT."""
+
     def __init__(self, lo=None, hi=None, default=None, **kw):
         super().__init__(default, **kw)
-        self.lo, self.hi = lo, hi
+        self.lo = -MAX_INT if lo is None else lo
+        self.hi = MAX_INT if hi is None else hi
 
     def describe(self):
-        if self.lo is not None and self.hi is not None:
-            return f"an integer in [{self.lo}, {self.hi}]"
-        if self.lo is not None:
-            return f"an integer >= {self.lo}"
-        if self.hi is not None:
-            return f"an integer <= {self.hi}"
-        return "an integer"
+        return f"an integer in [{self.lo}, {self.hi}]"
 
     def convert(self, value):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -63,18 +87,23 @@ class Int(Constraint):
 
 
 class Real(Constraint):
-    """A finite real number in an interval; ``closed`` is 'both', 'left', 'right' or 'neither'."""
+    """A finite real number in an interval; ``closed`` is 'both', 'left', 'right' or 'neither'.
+
+    A bound left out is :data:`MAX_REAL` in magnitude (and then included), never infinite.
+    """
 
     def __init__(self, lo=None, hi=None, closed="both", default=None, **kw):
         super().__init__(default, **kw)
+        if lo is None:
+            lo, closed = -MAX_REAL, ("both" if closed in ("both", "left") else "left")
+        if hi is None:
+            hi, closed = MAX_REAL, ("both" if closed in ("both", "right") else "right")
         self.lo, self.hi, self.closed = lo, hi, closed
 
     def describe(self):
         left = "[" if self.closed in ("both", "left") else "("
         right = "]" if self.closed in ("both", "right") else ")"
-        lo = "-inf" if self.lo is None else self.lo
-        hi = "inf" if self.hi is None else self.hi
-        return f"a number in {left}{lo}, {hi}{right}"
+        return f"a number in {left}{self.lo:g}, {self.hi:g}{right}"
 
     def convert(self, value):
         if isinstance(value, str):
@@ -85,8 +114,8 @@ class Real(Constraint):
         value = float(value)
         if not math.isfinite(value):
             raise ValueError
-        lo_ok = self.lo is None or (value >= self.lo if self.closed in ("both", "left") else value > self.lo)
-        hi_ok = self.hi is None or (value <= self.hi if self.closed in ("both", "right") else value < self.hi)
+        lo_ok = value >= self.lo if self.closed in ("both", "left") else value > self.lo
+        hi_ok = value <= self.hi if self.closed in ("both", "right") else value < self.hi
         if not (lo_ok and hi_ok):
             raise ValueError
         return value
@@ -200,11 +229,14 @@ def check_params(path: str, spec: dict, given: dict) -> dict:
     if given is None:
         given = {}
     if not isinstance(given, dict):
-        raise ConfigError(f"{path}: got {given!r}; allowed: a mapping of {', '.join(spec) or 'no keys'}")
+        raise ConfigError(f"{path}: got {shown(given)}; allowed: a mapping of "
+                          f"{', '.join(spec) or 'no keys'}")
     unknown = sorted(set(given) - set(spec), key=str)
     if unknown:
         allowed = ", ".join(spec) if spec else "no parameters"
-        raise ConfigError(f"{path}.{unknown[0]}: unknown key; allowed: {allowed}")
+        key = str(unknown[0])
+        key = key if len(key) <= SHOWN_CHARS else key[:SHOWN_CHARS - 3] + "..."
+        raise ConfigError(f"{path}.{key}: unknown key; allowed: {allowed}")
     out = {}
     for key, constraint in spec.items():
         if key in given:

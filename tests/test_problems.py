@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from psgd import data as D
 from psgd import problems as P
 from psgd.errors import ConfigError, UnknownComponentError
 from psgd.registry import names
@@ -18,6 +19,13 @@ def libsvm_dir(data_dir):
 
 def libsvm(libsvm_dir, name, **kw):
     return {"source": "libsvm", "path": str(libsvm_dir / name), **kw}
+
+
+def make(problem, data_cfg, seed, n_workers):
+    """Resolve the sections as config.validate does, then build: make_problem's contract."""
+    data_cfg = D.check_data_config(data_cfg)
+    problem = P.check_problem_config(problem, data_cfg, n_workers)
+    return P.make_problem(problem, data_cfg, seed, n_workers)
 
 
 def fd_grad(f, x, h=1e-6):
@@ -78,7 +86,7 @@ def test_logistic_is_numerically_stable():
 @pytest.mark.parametrize("rotate", [False, True])
 @pytest.mark.parametrize("spectrum", ["linear", "log", "power"])
 def test_quadratic_derivatives_and_spectrum(rotate, spectrum):
-    ps = P.make_problem({"name": "quadratic", "n_features": 8, "mu": 0.5, "L": 4.0,
+    ps = make({"name": "quadratic", "n_features": 8, "mu": 0.5, "L": 4.0,
                          "spectrum": spectrum, "rotate": rotate}, {}, seed=0, n_workers=3)
     obj = ps.local(1)
     x = np.random.default_rng(2).standard_normal(8)
@@ -92,7 +100,7 @@ def test_quadratic_derivatives_and_spectrum(rotate, spectrum):
 
 
 def test_rosenbrock_split():
-    ps = P.make_problem({"name": "rosenbrock"}, {}, seed=0, n_workers=2)
+    ps = make({"name": "rosenbrock"}, {}, seed=0, n_workers=2)
     f1, f2, f = ps.local(0), ps.local(1), ps.global_objective
     rng = np.random.default_rng(0)
     for _ in range(5):
@@ -130,14 +138,14 @@ def check_split(ps, x):
 @pytest.mark.parametrize("name", ["logistic", "least_squares"])
 @pytest.mark.parametrize("how", ["contiguous", "shuffled"])
 def test_weighted_local_gradients_equal_global_synthetic(name, how):
-    ps = P.make_problem({"name": name, "l2": 0.01}, {"n_samples": 1003, "n_features": 7,
+    ps = make({"name": name, "l2": 0.01}, {"n_samples": 1003, "n_features": 7,
                                                      "partition": how}, seed=5, n_workers=4)
     assert [ps.local(i).n_samples for i in range(4)] == [251, 251, 251, 250]
     check_split(ps, np.random.default_rng(0).standard_normal(7))
 
 
 def test_weighted_local_gradients_equal_global_mushrooms(libsvm_dir):
-    ps = P.make_problem({"name": "logistic", "l2": 0.05}, libsvm(libsvm_dir, "mushrooms"),
+    ps = make({"name": "logistic", "l2": 0.05}, libsvm(libsvm_dir, "mushrooms"),
                         seed=0, n_workers=5)
     assert ps.describe()["shard_sizes"] == [1625, 1625, 1625, 1625, 1624]
     assert ps.n_samples == 8124 and ps.d == 112
@@ -146,7 +154,7 @@ def test_weighted_local_gradients_equal_global_mushrooms(libsvm_dir):
 
 
 def test_quadratic_split_and_optimum():
-    ps = P.make_problem({"name": "quadratic", "n_features": 20, "mu": 0.1, "L": 2.0}, {},
+    ps = make({"name": "quadratic", "n_features": 20, "mu": 0.1, "L": 2.0}, {},
                         seed=1, n_workers=4)
     check_split(ps, np.random.default_rng(0).standard_normal(20))
     x_star, f_star = P.solve(ps)
@@ -156,7 +164,7 @@ def test_quadratic_split_and_optimum():
 
 
 def test_quadratic_huge_diagonal_is_cheap():
-    ps = P.make_problem({"name": "quadratic", "n_features": 10**6}, {}, seed=0, n_workers=2)
+    ps = make({"name": "quadratic", "n_features": 10**6}, {}, seed=0, n_workers=2)
     x = ps.initial_point()
     g = ps.local(0).grad(x)
     assert g.shape == (10**6,) and np.isfinite(g).all()
@@ -165,13 +173,13 @@ def test_quadratic_huge_diagonal_is_cheap():
 
 def test_deterministic_build():
     cfgs = ({"name": "logistic", "l2": 0.01}, {"partition": "shuffled", "n_samples": 100})
-    a = P.make_problem(*cfgs, seed=3, n_workers=3)
-    b = P.make_problem(*cfgs, seed=3, n_workers=3)
+    a = make(*cfgs, seed=3, n_workers=3)
+    b = make(*cfgs, seed=3, n_workers=3)
     x = np.ones(50) * 0.1
     for i in range(3):
         np.testing.assert_array_equal(a.local(i).grad(x), b.local(i).grad(x))
     assert a.describe() == b.describe()
-    c = P.make_problem(*cfgs, seed=4, n_workers=3)
+    c = make(*cfgs, seed=4, n_workers=3)
     assert not np.array_equal(a.local(0).grad(x), c.local(0).grad(x))
 
 
@@ -218,11 +226,11 @@ def check_l1_optimality(ps, x, tol=1e-10):
 
 @pytest.mark.parametrize("name", ["logistic", "least_squares"])
 def test_solve_synthetic(name):
-    ps = P.make_problem({"name": name, "l2": 0.01}, {"noise": 0.1}, seed=0, n_workers=3)
+    ps = make({"name": name, "l2": 0.01}, {"noise": 0.1}, seed=0, n_workers=3)
     x, f, info = P.solve(ps, return_info=True)
     assert info["converged"] and np.linalg.norm(ps.global_objective.grad(x)) <= 1e-10
     assert f == pytest.approx(ps.loss(x), rel=1e-15)
-    ps1 = P.make_problem({"name": name, "l2": 0.01, "l1": 0.02}, {"noise": 0.1}, seed=0,
+    ps1 = make({"name": name, "l2": 0.01, "l1": 0.02}, {"noise": 0.1}, seed=0,
                          n_workers=3)
     x1, f1 = P.solve(ps1)
     check_l1_optimality(ps1, x1)
@@ -230,7 +238,7 @@ def test_solve_synthetic(name):
 
 
 def test_solve_mushrooms(libsvm_dir):
-    ps = P.make_problem({"name": "logistic", "l2": 0.05}, libsvm(libsvm_dir, "mushrooms"),
+    ps = make({"name": "logistic", "l2": 0.05}, libsvm(libsvm_dir, "mushrooms"),
                         seed=0, n_workers=5)
     x, f, info = P.solve(ps, return_info=True)
     assert np.linalg.norm(ps.global_objective.grad(x)) <= 1e-10 and info["converged"]
@@ -239,7 +247,7 @@ def test_solve_mushrooms(libsvm_dir):
     for d in np.eye(112)[:5]:
         assert ps.loss(x + 1e-4 * d) > f and ps.loss(x - 1e-4 * d) > f
 
-    ps1 = P.make_problem({"name": "logistic", "l2": 0.05, "l1": 1e-3},
+    ps1 = make({"name": "logistic", "l2": 0.05, "l1": 1e-3},
                          libsvm(libsvm_dir, "mushrooms"), seed=0, n_workers=5)
     x1, f1, info1 = P.solve(ps1, return_info=True)
     assert info1["converged"] and info1["residual"] <= 1e-12
@@ -248,7 +256,7 @@ def test_solve_mushrooms(libsvm_dir):
 
 
 def test_constants_mushrooms(libsvm_dir):
-    ps = P.make_problem({"name": "logistic", "l2": 0.05}, libsvm(libsvm_dir, "mushrooms"),
+    ps = make({"name": "logistic", "l2": 0.05}, libsvm(libsvm_dir, "mushrooms"),
                         seed=0, n_workers=5)
     c = P.constants(ps)
     from psgd.data import read_libsvm
@@ -262,7 +270,7 @@ def test_constants_mushrooms(libsvm_dir):
 
 def test_constants_bound_the_hessian():
     for name in ("logistic", "least_squares"):
-        ps = P.make_problem({"name": name, "l2": 0.02}, {"n_samples": 300, "n_features": 8},
+        ps = make({"name": name, "l2": 0.02}, {"n_samples": 300, "n_features": 8},
                             seed=2, n_workers=3)
         c = P.constants(ps)
         for x in np.random.default_rng(0).standard_normal((3, 8)):
@@ -288,7 +296,7 @@ def test_constants_bound_the_hessian():
 ])
 def test_config_errors(problem, data, n, key):
     with pytest.raises(ConfigError) as exc:
-        P.make_problem(problem, data, seed=0, n_workers=n)
+        make(problem, data, seed=0, n_workers=n)
     assert str(exc.value).startswith(key) and "\n" not in str(exc.value)
 
 
@@ -305,7 +313,7 @@ def test_check_problem_config_fills_defaults():
 
 
 def test_logistic_labels_from_libsvm(libsvm_dir):
-    ps = P.make_problem({"name": "logistic"}, libsvm(libsvm_dir, "phishing"), 0, 2)
+    ps = make({"name": "logistic"}, libsvm(libsvm_dir, "phishing"), 0, 2)
     assert ps.describe()["label_map"] == {"0": -1, "1": 1}
-    ps = P.make_problem({"name": "least_squares"}, libsvm(libsvm_dir, "mushrooms"), 0, 2)
+    ps = make({"name": "least_squares"}, libsvm(libsvm_dir, "mushrooms"), 0, 2)
     assert set(np.unique(ps.local(0).b)) <= {1.0, 2.0}  # raw labels for regression
