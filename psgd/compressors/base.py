@@ -56,7 +56,8 @@ class Compressor(ABC):
     #: parameter sets worth exercising, each accepted by ``get_compressor({"name": name, **p})``.
     #: The one list that the codec-contract tests, the golden wire files, the fuzzer,
     #: ``psgd bench codecs`` and ``psgd bench frontier`` all run over, so defining it is all a
-    #: new compressor needs to be covered by them (frontier sweeps: order along each curve)
+    #: new compressor needs to be covered by them. The first is the representative setting
+    #: (what ``psgd bench codecs --compressors NAME`` measures)
     examples: ClassVar[tuple[dict, ...]] = ()
 
     def __init__(self, **params):

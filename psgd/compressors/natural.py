@@ -107,7 +107,7 @@ class NaturalDithering(Compressor):
     codec_id = 14
     unbiased = True
     examples = (
-        {"levels": 2}, {"levels": 4}, {"levels": 8, "block_size": 1024},
+        {"levels": 8, "block_size": 1024}, {"levels": 2}, {"levels": 4},
         {"levels": 3, "norm": "inf"}, {"levels": 8, "block_size": 32},
     )
     params = {

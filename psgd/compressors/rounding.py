@@ -47,8 +47,9 @@ class Rounding(Compressor):
     unbiased = False
     # absolute grid steps; the frontier and the tests feed it standard Gaussian vectors
     examples = (
+        {"resolution": 0.01, "block_size": 256},
         {"resolution": 1.0}, {"resolution": 0.5}, {"resolution": 0.25}, {"resolution": 0.1},
-        {"resolution": 0.01}, {"resolution": 0.01, "block_size": 256},
+        {"resolution": 0.01},
         {"resolution": 0.5, "block_size": 16},
     )
     params = {

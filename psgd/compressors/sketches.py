@@ -190,7 +190,7 @@ class GaussianSketch(_Sketch):
     examples = (
         # 64-blocks: O(k_b d) work, so they also run at d = 10^7; at the frontier's d = 64
         # they are one block
-        {"ratio": 1 / 16, "block_size": 64}, {"ratio": 1 / 8, "block_size": 64},
+        {"ratio": 1 / 8, "block_size": 64}, {"ratio": 1 / 16, "block_size": 64},
         {"ratio": 1 / 4, "block_size": 64}, {"ratio": 1 / 2, "block_size": 64},
         {"k": 3}, {"k": 3, "block_size": 16},
     )
@@ -225,7 +225,7 @@ class HaarSketch(_Sketch):
     examples = (
         # 64-blocks: O(k_b d) work, so they also run at d = 10^7; at the frontier's d = 64
         # they are one block
-        {"ratio": 1 / 16, "block_size": 64}, {"ratio": 1 / 8, "block_size": 64},
+        {"ratio": 1 / 8, "block_size": 64}, {"ratio": 1 / 16, "block_size": 64},
         {"ratio": 1 / 4, "block_size": 64}, {"ratio": 1 / 2, "block_size": 64},
         {"k": 2}, {"k": 3, "block_size": 16},
     )

@@ -70,12 +70,12 @@ class SparseDithering(Compressor):
     name = "sparse_dithering"
     codec_id = 20
     examples = (
+        {"variant": "randomized", "omega": 1.0, "block_size": 4096},
         {"variant": "deterministic", "nu": 0.5},
         {"variant": "deterministic", "nu": 0.2, "block_size": 64},
         {"variant": "deterministic", "nu": 0.1},
         {"variant": "deterministic", "nu": 0.02},
         {"variant": "randomized", "omega": 4.0},
-        {"variant": "randomized", "omega": 1.0, "block_size": 4096},
         {"variant": "randomized", "omega": 0.25},
         {"variant": "randomized", "omega": 0.0625},
     )
