@@ -2,8 +2,9 @@
 ``_elias``) when built, else their NumPy twins.
 
 Both expose the same names and signatures; the twin modules in :mod:`psgd.kernels_ref`
-(one per compiled module) define what they compute. ``import psgd`` never needs the extensions: a module that is not built (no
-compiler, ``PSGD_WITH_CYTHON=0``) makes this module warn once and use its twins.
+(one per compiled module) define what they compute. ``import psgd`` never needs the
+extensions: a module that is not built (no compiler, ``PSGD_WITH_CYTHON=0``) makes this
+module warn once and use its twin.
 ``HAVE_CYTHON*`` say which are compiled; compressors look kernels up as ``kernels.NAME``
 at call time, so :func:`use_twins` can switch them all to the twins.
 """

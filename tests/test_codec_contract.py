@@ -102,7 +102,8 @@ def check_corruption(c, x, rng):
     with pytest.raises(WireFormatError):
         c.decode(np.append(buf, np.uint8(0)), key=key, d=d)
         pytest.fail("a message with a byte appended decoded")
-    for pos, value in ((0, buf[0] ^ 1), (1, buf[1] + 1), (2, buf[2] ^ 0x80), (3, 1), (4, buf[4] ^ 1)):
+    header_damage = ((0, buf[0] ^ 1), (1, buf[1] + 1), (2, buf[2] ^ 0x80), (3, 1), (4, buf[4] ^ 1))
+    for pos, value in header_damage:
         bad = buf.copy()
         bad[pos] = value % 256
         with pytest.raises(WireFormatError):

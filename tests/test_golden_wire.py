@@ -40,7 +40,8 @@ def test_the_index_describes_the_script_inputs():
 def test_encoder_reproduces_the_golden_file(entry):
     golden = (make_golden.GOLDEN_DIR / entry["file"]).read_bytes()
     now = make_golden.encode(entry["name"], entry["params"], entry["key"])
-    assert now == golden, f"{entry['name']} {entry['params']} key={entry['key']}: wire bytes changed"
+    assert now == golden, \
+        f"{entry['name']} {entry['params']} key={entry['key']}: the wire bytes changed"
     # and the frozen bytes still decode (to the same vector as a fresh encoding)
     c = get_compressor({"name": entry["name"], **entry["params"]})
     y = c.decode(golden, key=entry["key"], d=make_golden.D)
