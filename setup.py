@@ -23,6 +23,38 @@ MODE = os.environ.get("PSGD_WITH_CYTHON", "").strip()
 PACKAGE_DIR = {"psgd": "psgd", "psgd.server": "server", "psgd.workers": "workers",
                **{f"psgd.{p}": os.path.join("psgd", *p.split("."))
                   for p in find_packages("psgd")}}
+#: the one table of the decoders' error codes, and the C header written from it
+ERROR_TABLE = "psgd/kernels_ref/errors.py"
+ERROR_HEADER = "cython_ext/_errors.h"
+
+
+def error_header() -> str:
+    """``cython_ext/_errors.h`` as written from ERROR_TABLE (``ERR_X = n  # why`` lines)."""
+    lines = ["/* The decoders' error codes, written by setup.py from psgd/kernels_ref/errors.py",
+             "   (the one table: edit it there; tests check the committed copy is current). */",
+             "#ifndef PSGD_ERRORS_H", "#define PSGD_ERRORS_H", "", "enum {"]
+    with open(ERROR_TABLE) as fh:
+        for line in fh:
+            code, eq, rest = line.partition("=")
+            if not eq or not code.startswith("ERR_"):
+                continue
+            value, _, why = rest.partition("#")
+            if why.strip():
+                lines.append(f"    /* {why.strip()} */")
+            lines.append(f"    PSGD_{code.strip()} = {int(value)},")
+    return "\n".join(lines + ["};", "", "#endif  /* PSGD_ERRORS_H */", ""])
+
+
+def write_error_header() -> None:
+    text = error_header()
+    try:
+        with open(ERROR_HEADER) as fh:
+            if fh.read() == text:
+                return                       # unchanged: keep its time stamp (no rebuild)
+    except OSError:
+        pass
+    with open(ERROR_HEADER, "w") as fh:
+        fh.write(text)
 
 
 def extensions():
@@ -37,15 +69,17 @@ def extensions():
             raise SystemExit(f"PSGD_WITH_CYTHON=1 but the build needs Cython and NumPy: {exc}")
         print(f"WARNING: psgd kernels not built ({exc}); using the NumPy twins", file=sys.stderr)
         return []
+    write_error_header()
     exts = []
     for pyx in sorted(glob.glob("cython_ext/*.pyx")):
         stem = os.path.splitext(os.path.basename(pyx))[0]
         exts.append(Extension(
             f"psgd.{stem}", [pyx],
-            # cython_ext/ for _common.h, the C helpers shared by all kernels (_common.pxd
-            # declares them); depends puts both in an sdist and rebuilds on a change.
+            # cython_ext/ for the headers: _common.h (the C helpers shared by all kernels,
+            # declared in _common.pxd), _errors.h and the module's own NAME.h; depends puts
+            # them in an sdist and rebuilds on a change.
             include_dirs=[numpy.get_include(), "cython_ext"],
-            depends=["cython_ext/_common.h", "cython_ext/_common.pxd"],
+            depends=sorted(glob.glob("cython_ext/*.h")) + ["cython_ext/_common.pxd"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             # -O3 for the bit loops; no -march=native (the wheel must run anywhere);
             # no FP contraction so kernels round exactly like their NumPy twins.

@@ -28,6 +28,29 @@ cdef extern from "_common.h":
     int psgd_cpu_has_v4() noexcept nogil
     void psgd_set_use_v4(int on) noexcept nogil
 
+# The decoders' error codes. _errors.h is written by setup.py from psgd/kernels_ref/errors.py,
+# the one table of them (the Python twins import it; tests check the compiled modules agree).
+cdef extern from "_errors.h":
+    enum:
+        C_ERR_OK "PSGD_ERR_OK"
+        C_ERR_SCALE "PSGD_ERR_SCALE"
+        C_ERR_TRIT "PSGD_ERR_TRIT"
+        C_ERR_LEVEL "PSGD_ERR_LEVEL"
+        C_ERR_SIGN "PSGD_ERR_SIGN"
+        C_ERR_PADDING "PSGD_ERR_PADDING"
+        C_ERR_ZERO_BLOCK "PSGD_ERR_ZERO_BLOCK"
+        C_ERR_LENGTH "PSGD_ERR_LENGTH"
+        C_ERR_VALUE "PSGD_ERR_VALUE"
+        C_ERR_VARINT "PSGD_ERR_VARINT"
+        C_ERR_NONCANONICAL "PSGD_ERR_NONCANONICAL"
+        C_ERR_INDEX "PSGD_ERR_INDEX"
+        C_ERR_TRAILING "PSGD_ERR_TRAILING"
+        C_ERR_WIDTH "PSGD_ERR_WIDTH"
+        C_ERR_CODE "PSGD_ERR_CODE"
+        C_ERR_SIZE "PSGD_ERR_SIZE"
+        C_ERR_STREAM "PSGD_ERR_STREAM"
+        C_ERR_RANGE "PSGD_ERR_RANGE"
+
 ctypedef fused real_in:
     float
     double

@@ -15,20 +15,17 @@ import numpy as np
 
 from _common cimport (GAMMA, psgd_mix64, psgd_u01, psgd_store_f32le, psgd_load_u32le, psgd_u32_as_f32,
                      real_in, real_out, _nblocks, check_block_size, fill_trits)
+# the decoders' error codes: the one table, psgd/kernels_ref/errors.py (via _errors.h)
+from _common cimport (
+    C_ERR_OK, C_ERR_SCALE, C_ERR_TRIT, C_ERR_LEVEL, C_ERR_PADDING, C_ERR_ZERO_BLOCK,
+    C_ERR_LENGTH)
 
 cdef extern from "<float.h>":
     const double FLT_MAX_D "((double)FLT_MAX)"
     const float FLT_MIN_F "FLT_MIN"
 
-# Must equal psgd/kernels_ref.py (tests check).
+# Must equal the constants of the twin in psgd/kernels_ref/ (tests check).
 cdef enum:
-    C_ERR_OK = 0
-    C_ERR_SCALE = 1
-    C_ERR_TRIT = 2
-    C_ERR_LEVEL = 3
-    C_ERR_PADDING = 5
-    C_ERR_ZERO_BLOCK = 6
-    C_ERR_LENGTH = 7
     C_SD_DETERMINISTIC = 0
     C_SD_RANDOMIZED = 1
 ERR_OK, ERR_SCALE, ERR_TRIT, ERR_LEVEL, ERR_PADDING, ERR_ZERO_BLOCK, ERR_LENGTH = (

@@ -1,7 +1,7 @@
 """``psgd bench codecs``: codec throughput against the NumPy twins and the memory bandwidth.
 
-For every compressor (default: a representative parameter set of every registered
-one; ``--compressors a,b`` or ``name:key=value;key=value`` to choose) on one float32
+For every compressor (default: every entry of every registered compressor's ``examples``;
+``--compressors a,b`` (the first example of each) or ``name:key=value;key=value``) on one float32
 Gaussian vector of length ``--dim`` (default 10^7) it measures, as the median of
 ``--repeats`` runs:
 
@@ -18,6 +18,11 @@ Ratios ``kernel/twin`` and ``kernel/copy`` are printed (throughput ratios: > 1 m
 faster). ``same`` says whether kernel and twin produced the same bytes from the same
 seed. ``--clock cpu`` times with the thread's CPU clock instead of the wall clock,
 which is steadier on a shared machine (it does not count time the process waits).
+
+Some examples only make sense at small d (a spherical code with 8-blocks draws ~10^4
+Gaussians a coordinate): before measuring an example not named on the command line, encode
+is timed at two small lengths and extrapolated (at least linearly) to ``--dim``; when the
+prediction exceeds ``--budget`` seconds the example is skipped with a note.
 """
 
 from __future__ import annotations
@@ -31,23 +36,9 @@ import time
 
 import numpy as np
 
-#: representative settings (a list per compressor); others use their defaults
-REPRESENTATIVE = {
-    "identity": [{"dtype": "float32"}],
-    "random_dithering": [{"levels": 1}, {"levels": 4, "block_size": 4096},
-                         {"levels": "sqrt", "encoding": "elias"}],
-    "sparse_dithering": [{"variant": "randomized", "omega": 1.0, "block_size": 4096}],
-    "spherical": [{"alpha": 0.5, "block_size": 4}],      # block 8: ~20 s an encode at d = 10^7
-    "gaussian_sketch": [{"ratio": 0.125, "block_size": 64}],
-    "haar_sketch": [{"ratio": 0.125, "block_size": 64}],
-    "coordinate_sketch": [{"ratio": 0.01}],
-    "rand_k": [{"ratio": 0.01}],
-    "top_k": [{"ratio": 0.01}],
-    "sign": [{}],
-    "natural": [{}],
-    "natural_dithering": [{"levels": 8, "block_size": 1024}],
-    "rounding": [{"resolution": 0.01, "block_size": 256}],
-}
+#: an example whose encode is predicted to take longer than this at --dim is skipped (a note
+#: says so); one given with --compressors always runs
+BUDGET_S = 20.0
 
 
 def _parser():
@@ -57,11 +48,14 @@ def _parser():
     p.add_argument("--dim", type=int, default=10**7, help="vector length d (default 10^7)")
     p.add_argument("--compressors", default=None,
                    help="comma-separated names, optionally name:key=value;key=value "
-                        "(default: a representative setting of every registered compressor)")
+                        "(default: the examples of every registered compressor)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
     p.add_argument("--no-twins", action="store_true", help="skip the NumPy twin measurements")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: time.perf_counter; cpu: time.thread_time (steadier when shared)")
+    p.add_argument("--budget", type=float, default=BUDGET_S, metavar="SECONDS",
+                   help="skip default examples whose encode is predicted to take longer "
+                        f"(default {BUDGET_S:g})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="FILE", help="write the rows here")
     return p
@@ -76,11 +70,18 @@ def _value(text: str):
     return {"true": True, "false": False, "null": None}.get(text.lower(), text)
 
 
-def _settings(spec: str | None, d: int) -> list[dict]:
+def _examples(name: str) -> list[dict]:
+    """The configs of a compressor's examples (an unknown name: for get_compressor to reject)."""
+    from .compressors import compressor_classes
+    cls = compressor_classes().get(name)
+    return [dict(name=name, **p) for p in (cls.examples if cls and cls.examples else ({},))]
+
+
+def _settings(spec: str | None, d: int) -> list[tuple[dict, bool]]:
+    """(config, chosen explicitly) pairs; explicit ones are never skipped for time."""
     from .compressors import available
     if spec is None:
-        names = available()
-        chosen = [dict(name=n, **p) for n in names for p in REPRESENTATIVE.get(n, [{}])]
+        chosen = [(cfg, False) for n in available() for cfg in _examples(n)]
     else:
         chosen = []
         for item in filter(None, (s.strip() for s in spec.split(","))):
@@ -89,14 +90,32 @@ def _settings(spec: str | None, d: int) -> list[dict]:
             for kv in filter(None, params.split(";")):
                 key, _, val = kv.partition("=")
                 cfg[key.strip()] = _value(val.strip())
-            if params:
-                chosen.append(cfg)
-            else:
-                chosen += [dict(name=name, **p) for p in REPRESENTATIVE.get(name, [{}])]
-    for cfg in chosen:                      # "sqrt": s = round(sqrt(d)) (QSGD Cor. 3.3)
+            chosen.append((cfg if params else _examples(name)[0], True))
+    for cfg, _ in chosen:                   # "sqrt": s = round(sqrt(d)) (QSGD Cor. 3.3)
         if cfg.get("levels") == "sqrt":
             cfg["levels"] = max(1, round(math.sqrt(d)))
     return chosen
+
+
+def predicted_encode_s(cfg: dict, d: int, seed: int) -> float:
+    """Encode time at length d extrapolated from lengths 2^12 and 2^14 (best of 3 each),
+    with an exponent clipped to [1, 2]: linear codes scale linearly, a dense sketch of
+    one block quadratically."""
+    from .compressors import get_compressor
+    c = get_compressor(cfg)
+    key = 0x5EED_0F_C0DEC if c.shared_randomness else None
+    gen = np.random.default_rng(seed)
+    times = []
+    for n in (2**12, 2**14):
+        x = gen.standard_normal(n).astype(np.float32)
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            c.encode(x, gen, key=key)
+            best = min(best, time.perf_counter() - t0)
+        times.append(max(best, 1e-7))
+    slope = min(2.0, max(1.0, math.log(times[1] / times[0]) / math.log(4.0)))
+    return times[1] * (d / 2**14) ** slope
 
 
 def _timer(clock):
@@ -212,20 +231,28 @@ def main(argv=None) -> int:
     x = np.random.default_rng(args.seed).standard_normal(args.dim).astype(np.float32)
     copy = copy_gbs(x, max(args.repeats, 5), args.clock)
     rows = []
-    for cfg in settings:
+    for cfg, explicit in settings:
+        params = {k: v for k, v in cfg.items() if k != "name"}
         try:
+            if not explicit and args.dim > 2**14:
+                guess = predicted_encode_s(cfg, args.dim, args.seed)
+                if guess > args.budget:
+                    rows.append({"compressor": cfg["name"], "params": params,
+                                 "error": f"skipped: encode predicted to take {guess:.3g} s at "
+                                          f"d={args.dim} (--budget {args.budget:g}); name it "
+                                          "with --compressors to run it"})
+                    continue
             row = measure(cfg, x, args.repeats, args.clock, not args.no_twins, args.seed)
         except PsgdError as exc:
             if args.compressors is not None:
                 print(f"psgd bench codecs: error: {exc}", file=sys.stderr)
                 return 2
-            row = {"compressor": cfg["name"], "params": {k: v for k, v in cfg.items() if k != "name"},
-                   "error": f"skipped: {exc}"}
+            row = {"compressor": cfg["name"], "params": params, "error": f"skipped: {exc}"}
         except (ValueError, MemoryError) as exc:
-            row = {"compressor": cfg["name"], "params": {k: v for k, v in cfg.items() if k != "name"},
+            row = {"compressor": cfg["name"], "params": params,
                    "error": f"failed: {type(exc).__name__}: {exc}"}
         rows.append(row)
-        print(f"# measured {cfg['name']} {_fmt_params(row['params'])}", file=sys.stderr, flush=True)
+        print(f"# measured {cfg['name']} {_fmt_params(params)}", file=sys.stderr, flush=True)
     compiled = all(v for k, v in vars(kernels).items() if k.startswith("HAVE_CYTHON"))
     print(table(rows, args.dim, copy, args.repeats, args.clock, compiled))
     if args.json:

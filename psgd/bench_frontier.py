@@ -1,6 +1,6 @@
 """``psgd bench frontier``: every registered compressor on the bits / variance plane.
 
-For each compressor and a range of its parameters, on random Gaussian vectors of
+For each compressor and each entry of its ``examples``, on random Gaussian vectors of
 length ``--dim``, it measures
 
 * bits per coordinate: the payload, i.e. ``8 * len(message) - 64`` (psgd's 8-byte codec
@@ -8,16 +8,23 @@ length ``--dim``, it measures
   the runtime's key, so no seed travels;
 * the normalized error E||C(x) - x||^2 / ||x||^2; for unbiased compressors also after
   the 1/(1 + omega) scaling (omega the compressor's own omega(d)), which puts them in
-  the biased class B(omega/(1+omega)) (papers.md §A.0);
+  the biased class B(omega/(1+omega)) (an unbiased C with variance omega gives
+  E||C(x)/(1+omega) - x||^2 <= omega/(1+omega) ||x||^2);
 
-and prints them beside the lower bounds of papers.md §C for the measured alpha (the
-scaled one for unbiased compressors):
+and prints them beside two lower bounds on the bits b (per vector) that any compressor
+with error alpha needs, at the measured alpha (the scaled one for unbiased compressors):
 
-* UP: the uncertainty principle, b >= (d/2) log2(1/alpha), i.e. alpha >= 4^(-b/d);
-* ACA: the average-case bound, b >= -log2 P(alpha, d).
+* UP: the uncertainty principle of Safaryan, Shulgin & Richtarik, "Uncertainty principle
+  for communication compression in distributed and federated learning and the search for
+  an optimal compressor" (2021): b >= (d/2) log2(1/alpha), i.e. alpha >= 4^(-b/d);
+* ACA: the average-case bound of Albasyoni, Safaryan, Condat & Richtarik, "Optimal gradient
+  compression for distributed and federated learning" (2020): b >= -log2 P(alpha, d), P the
+  probability that a uniform direction lands in the cap of
+  :func:`psgd.compressors.spherical.log2_cap_probability`.
 
 Output: an aligned text table (stdout), ``--json FILE`` and ``--out FILE.png`` (matplotlib,
-Agg). Compressors that fail to construct or to run are skipped with a note.
+Agg; log-log axes that hold every measured point, one colour and marker per compressor, the
+legend beside the axes). Compressors that fail to construct or to run are skipped with a note.
 """
 
 from __future__ import annotations
@@ -30,35 +37,17 @@ import time
 
 import numpy as np
 
-#: parameter ranges for the compressors we know; anything else is tried with {} only
-GRIDS = {
-    "identity": [{"dtype": "float32"}],
-    "random_dithering": [{"levels": s} for s in (1, 2, 4, 8, 16)],
-    "sparse_dithering": ([{"variant": "deterministic", "nu": nu} for nu in (0.5, 0.25, 0.1, 0.05, 0.02)]
-                         + [{"variant": "randomized", "omega": w} for w in (4.0, 1.0, 0.25, 0.0625)]),
-    "spherical": [{"alpha": a, "block_size": b} for a, b in
-                  ((0.5, 16), (0.3, 8), (0.2, 8), (0.1, 8), (0.5, 4), (0.2, 4), (0.1, 4))],
-    "gaussian_sketch": [{"ratio": r} for r in (1 / 16, 1 / 8, 1 / 4, 1 / 2)],
-    "haar_sketch": [{"ratio": r} for r in (1 / 16, 1 / 8, 1 / 4, 1 / 2)],
-    "coordinate_sketch": [{"ratio": r} for r in (1 / 16, 1 / 8, 1 / 4, 1 / 2)],
-    "rand_k": [{"ratio": r} for r in (1 / 16, 1 / 8, 1 / 4, 1 / 2)],
-    "top_k": [{"ratio": r} for r in (1 / 16, 1 / 8, 1 / 4, 1 / 2)],
-    "natural_dithering": [{"levels": s} for s in (2, 4, 8)],
-    # an absolute grid step (epsilon-compressor); the inputs are standard Gaussian
-    "rounding": [{"resolution": r} for r in (1.0, 0.5, 0.25, 0.1)],
-}
-
-
 #: parameters that name a curve (the others are swept along it)
-SERIES_KEYS = ("variant", "block_size", "norm", "dtype")
+SERIES_KEYS = ("variant", "block_size", "norm", "dtype", "encoding")
 
 
 def _parser():
     p = argparse.ArgumentParser(prog="psgd bench frontier",
                                 description="Measured bits/coordinate and normalized variance of "
-                                            "every registered compressor beside two lower bounds: "
-                                            "the uncertainty principle (Safaryan et al.) and the "
-                                            "average case (Albasyoni et al.).")
+                                            "every registered compressor's examples beside the "
+                                            "uncertainty-principle (Safaryan et al. 2021) and "
+                                            "average-case (Albasyoni et al. 2020) lower bounds; "
+                                            "see the psgd.bench_frontier docstring.")
     p.add_argument("--dim", type=int, default=64, help="vector length d (default 64)")
     p.add_argument("--trials", type=int, default=40, help="random vectors per setting (default 40)")
     p.add_argument("--seed", type=int, default=0)
@@ -68,9 +57,9 @@ def _parser():
     return p
 
 
-def _settings(name, cls):
-    """The configs to try for one compressor: its grid, else {} (the defaults)."""
-    return GRIDS.get(name, [{}])
+def _settings(cls):
+    """The configs to try for one compressor: its examples, else {} (the defaults)."""
+    return list(cls.examples) or [{}]
 
 
 def _theory(c, d):
@@ -120,7 +109,8 @@ def run(d: int, trials: int, seed: int, only=None):
         if only and name not in only:
             continue
         ok = 0
-        for params in _settings(name, cls):
+        settings = _settings(cls)
+        for params in settings:
             try:
                 c = cls(**params)
             except Exception as exc:  # noqa: BLE001 - reported as a note
@@ -137,7 +127,7 @@ def run(d: int, trials: int, seed: int, only=None):
             rows.append({"compressor": name, "params": params, **m,
                          **bounds(m["alpha"], m["bits_per_coord"], d)})
             ok += 1
-        if not ok and name in GRIDS:  # maybe its parameters differ from our guess
+        if not ok and {} not in settings:  # e.g. a plug-in whose examples do not fit it
             try:
                 c = cls()
                 m = measure(c, d, trials, rng)
@@ -176,38 +166,81 @@ def table(rows, d) -> str:
     return "\n".join(out)
 
 
-def plot(rows, d, path):
+#: one colour and one marker per compressor (13 of each before they repeat): the 10 Tableau
+#: colours and three that none of them resembles
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf", "#000080", "#b8860b", "#ff00ff")
+MARKERS = "osD^vP*X<>phd"
+#: the curves of one compressor (its SERIES_KEYS settings) differ by line style
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _series(rows, d):
+    """{compressor: {curve label: sorted [(bits, alpha)]}}; a block_size >= d is one block, as
+    block_size null, so it does not start a curve of its own."""
+    out = {}
+    for r in rows:
+        fixed = {k: v for k, v in r["params"].items() if k in SERIES_KEYS
+                 and not (k == "block_size" and v is not None and v >= d)}
+        label = r["compressor"] + (f" ({_fmt(fixed)})" if fixed else "")
+        out.setdefault(r["compressor"], {}).setdefault(label, []).append(
+            (r["bits_per_coord"], r["alpha"]))
+    return {c: {lab: sorted(pts) for lab, pts in curves.items()} for c, curves in out.items()}
+
+
+def figure(rows, d):
+    """The frontier figure (log-log; every point inside the axes; legend right of them).
+
+    A measured alpha of 0 (an exact code) cannot sit on a log axis: such points are drawn on
+    the lower edge of the axes, with the marker filled white, and the legend says so.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from .compressors.spherical import log2_cap_probability
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    series = {}
-    for r in rows:  # one line per compressor and fixed (non-swept) parameters
-        fixed = {k: v for k, v in r["params"].items() if k in SERIES_KEYS}
-        label = r["compressor"] + (f" ({_fmt(fixed)})" if fixed else "")
-        if 0 < r["alpha"] < 1.5 and r["bits_per_coord"] < 20:
-            series.setdefault(label, []).append((r["bits_per_coord"], r["alpha"]))
-    markers = "os^vD<>ph*xP+X"
-    for i, (label, pts) in enumerate(sorted(series.items())):
-        ax.plot(*zip(*sorted(pts)), marker=markers[i % len(markers)], ls="-", lw=0.8, label=label)
-    xmax = max([8.0] + [b for pts in series.values() for b, _ in pts]) + 0.5
-    b = np.linspace(0.01, xmax, 400)
+    series = _series(rows, d)
+    bits = [b for curves in series.values() for pts in curves.values() for b, _ in pts]
+    alphas = [a for curves in series.values() for pts in curves.values() for _, a in pts]
+    positive = [a for a in alphas if a > 0]
+    ylo = min(positive + [1e-4]) / 4.0
+    yhi = max(alphas + [1.0]) * 2.0
+    xlo = min(bits + [1.0]) / 1.5
+    xhi = max(bits + [8.0]) * 1.5
+    fig, ax = plt.subplots(figsize=(11, 6.5))
+    for i, (comp, curves) in enumerate(sorted(series.items())):
+        colour, marker = COLOURS[i % len(COLOURS)], MARKERS[i % len(MARKERS)]
+        for j, (label, pts) in enumerate(sorted(curves.items())):
+            xs = [b for b, _ in pts]
+            ys = [a if a > 0 else ylo for _, a in pts]
+            exact = any(a <= 0 for _, a in pts)
+            ax.plot(xs, ys, color=colour, marker=marker, ls=LINESTYLES[j % len(LINESTYLES)],
+                    lw=1.0, ms=6, mfc="white" if exact else colour, clip_on=False,
+                    label=label + (" [alpha = 0, on the lower edge]" if exact else ""))
+    b = np.logspace(math.log10(xlo), math.log10(xhi), 400)
     ax.plot(b, 4.0 ** (-b), "k--", lw=1.2, label="UP: alpha = 4^(-b/d)")
-    a = np.logspace(-5, math.log10(0.999), 300)
+    a = np.logspace(math.log10(ylo), math.log10(0.999), 300)
     ax.plot([-log2_cap_probability(float(v), d) / d for v in a], a, "k:", lw=1.5,
             label=f"ACA: b = -log2 P(alpha, {d})")
+    ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlim(0, xmax)
-    ax.set_ylim(1e-4, 1.5)
+    ax.set_xlim(xlo, xhi)
+    ax.set_ylim(ylo, yhi)
     ax.set_xlabel("payload bits per coordinate")
     ax.set_ylabel("alpha = E||C(x)-x||^2/||x||^2 (unbiased: after 1/(1+omega))")
     ax.set_title(f"Compression frontier, d = {d} (Gaussian vectors)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+              ncol=1 if len(ax.get_lines()) <= 34 else 2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot(rows, d, path):
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows, d)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -1,9 +1,10 @@
 """The compiled kernels (``psgd._dither``, ``_sparse_sphere``, ``_sparsify``, ``_quant``,
 ``_elias``) when built, else their NumPy twins.
 
-Both expose the same names and signatures; :mod:`psgd.kernels_ref` defines what they
-compute. ``import psgd`` never needs the extensions: a module that is not built (no
-compiler, ``PSGD_WITH_CYTHON=0``) makes this module warn once and use its twins.
+Both expose the same names and signatures; the twin modules in :mod:`psgd.kernels_ref`
+(one per compiled module) define what they compute. ``import psgd`` never needs the
+extensions: a module that is not built (no compiler, ``PSGD_WITH_CYTHON=0``) makes this
+module warn once and use its twin.
 ``HAVE_CYTHON*`` say which are compiled; compressors look kernels up as ``kernels.NAME``
 at call time, so :func:`use_twins` can switch them all to the twins.
 """
@@ -43,9 +44,9 @@ def _load(module: str):
         return importlib.import_module(f"psgd.{module}"), True
     except ImportError as exc:
         warnings.warn(f"psgd: compiled kernels psgd.{module} are not available ({exc}); "
-                      "falling back to the slower NumPy twins in psgd.kernels_ref",
+                      f"falling back to the slower NumPy twins in psgd.kernels_ref.{module}",
                       RuntimeWarning, stacklevel=3)
-        return kernels_ref, False
+        return kernels_ref.TWINS[module], False
 
 
 _compiled = {}

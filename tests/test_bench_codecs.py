@@ -31,3 +31,26 @@ def test_dispatch_unknown_benchmark(capsys):
     assert bench.main("nope", []) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "codecs, frontier, runtime" in err
+
+
+def test_default_settings_are_every_example_and_a_bare_name_its_first():
+    from psgd.compressors import compressor_classes
+
+    settings = bench_codecs._settings(None, 10**6)
+    expect = [dict(name=n, **p) for n, cls in sorted(compressor_classes().items())
+              for p in cls.examples]
+    assert [cfg for cfg, _ in settings] == expect and not any(e for _, e in settings)
+    first = compressor_classes()["top_k"].examples[0]
+    assert bench_codecs._settings("top_k", 100) == [(dict(name="top_k", **first), True)]
+
+
+def test_examples_over_the_budget_are_skipped_with_a_note(tmp_path, monkeypatch, capsys):
+    """At a large --dim an example predicted to be too slow is skipped, not run for minutes."""
+    assert 0 < bench_codecs.predicted_encode_s({"name": "sign"}, 10**6, 0) < 60
+    monkeypatch.setattr(bench_codecs, "predicted_encode_s", lambda cfg, d, seed: 1e9)
+    out = tmp_path / "rows.json"
+    assert bench_codecs.main(["--dim", "20000", "--repeats", "1", "--no-twins",
+                              "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert rows and all("predicted to take 1e+09 s" in r["error"] for r in rows)
+    assert "name it with --compressors" in capsys.readouterr().out

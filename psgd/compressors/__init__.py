@@ -1,17 +1,24 @@
 """Compressors: ``get_compressor(config)`` builds one from a config mapping.
 
-Importing this package registers every compressor (each module registers its class
-with ``@register("compressor")``).
+Importing this package imports every module in it (found with :mod:`pkgutil`, so a new
+compressor module needs no entry in a list here); each registers its class with
+``@register_compressor``, which also refuses a codec id that another class already has.
 """
+
+import importlib
+import pkgutil
 
 from ..registry import classes, lookup, names
 from .base import Compressor
-from . import identity  # noqa: F401  (registers)
-from . import dithering  # noqa: F401
-from . import sparse_dithering, spherical, sketches  # noqa: F401,E402
-from . import rand_k, top_k, sign, natural, rounding  # noqa: F401,E402
 
 __all__ = ["Compressor", "get_compressor", "available"]
+
+#: modules of this package that define no compressor
+_NOT_COMPRESSORS = {"base"}
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _NOT_COMPRESSORS and not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def get_compressor(config) -> Compressor:

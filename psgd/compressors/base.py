@@ -30,6 +30,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import ConfigError, WireFormatError
+from ..registry import classes, register
 from ..validation import check_params
 
 CODEC_MAGIC = 0xC5
@@ -52,6 +53,12 @@ class Compressor(ABC):
     shared_randomness: ClassVar[bool] = False
     #: the largest d that ``decode`` accepts from a header when the caller gives no ``d=``
     max_unchecked_dim: ClassVar[int] = MAX_UNCHECKED_DIM
+    #: parameter sets worth exercising, each accepted by ``get_compressor({"name": name, **p})``.
+    #: The one list that the codec-contract tests, the golden wire files, the fuzzer,
+    #: ``psgd bench codecs`` and ``psgd bench frontier`` all run over, so defining it is all a
+    #: new compressor needs to be covered by them. The first is the representative setting
+    #: (what ``psgd bench codecs --compressors NAME`` measures)
+    examples: ClassVar[tuple[dict, ...]] = ()
 
     def __init__(self, **params):
         self.config = check_params("compressor", self.params, params)
@@ -223,6 +230,24 @@ class Compressor(ABC):
             raise WireFormatError(f"{self.name}: payload of {payload.size} bytes exceeds the "
                                   f"maximum {self._max_payload_nbytes(d)} for d={d}")
         return payload, d
+
+
+def register_compressor(cls):
+    """Class decorator: register ``cls`` by its ``name`` after checking its ``codec_id``.
+
+    The codec id is the third byte of every message, the only thing that tells one codec's
+    buffers from another's, so two classes must never share one (and it must fit a byte).
+    """
+    if not isinstance(cls.codec_id, int) or not 1 <= cls.codec_id <= 255:
+        raise TypeError(f"compressor {cls.__qualname__}: codec_id must be an int in [1, 255], "
+                        f"got {cls.codec_id!r}")
+    for other in classes("compressor").values():
+        if other.codec_id == cls.codec_id and other.name != cls.name:
+            raise RuntimeError(
+                f"codec id {cls.codec_id} of {cls.__module__}.{cls.__qualname__} "
+                f"({cls.name!r}) is already taken by {other.__module__}.{other.__qualname__} "
+                f"({other.name!r}); pick an unused id")
+    return register("compressor")(cls)
 
 
 def wire_error(name: str, what: str) -> WireFormatError:

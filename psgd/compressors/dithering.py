@@ -33,14 +33,13 @@ import math
 import numpy as np
 
 from .. import kernels
-from ..registry import register
 from ..validation import Choice, Int, Nullable
-from .base import Compressor, resolve_block_size, wire_error
+from .base import Compressor, register_compressor, resolve_block_size, wire_error
 
 _NORM_CODES = {"2": kernels.NORM_2, "inf": kernels.NORM_INF}
 
 
-@register("compressor")
+@register_compressor
 class RandomDithering(Compressor):
     """Random dithering with ``levels`` levels per block (unbiased).
 
@@ -52,6 +51,17 @@ class RandomDithering(Compressor):
     name = "random_dithering"
     codec_id = 2
     unbiased = True
+    examples = (
+        # the frontier's curve (norm 2, one block, dense), levels 4 with blocks as in QSGD
+        {"levels": 1}, {"levels": 2}, {"levels": 4, "block_size": 4096}, {"levels": 8},
+        {"levels": 16},
+        {"levels": 1, "norm": "inf"},                       # TernGrad
+        {"levels": 5, "block_size": 16},                    # short blocks, b = 4 bits
+        {"levels": 3, "encoding": "elias"},
+        {"levels": 1, "norm": "inf", "block_size": 8, "encoding": "elias"},
+        # s = round(sqrt(d)) at d = 10^7, QSGD's Corollary 3.3 regime for the Elias code
+        {"levels": 3162, "encoding": "elias"},
+    )
     params = {
         "levels": Int(1, kernels.MAX_LEVELS, default=1,
                       doc="s, the number of nonzero levels; symbols must fit in 32 bits"),

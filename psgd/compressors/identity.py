@@ -2,18 +2,18 @@
 
 import numpy as np
 
-from ..registry import register
 from ..validation import Choice
-from .base import Compressor, wire_error
+from .base import Compressor, register_compressor, wire_error
 
 
-@register("compressor")
+@register_compressor
 class Identity(Compressor):
     """Sends the raw little-endian floats. omega = 0 (exact up to the float32 cast)."""
 
     name = "identity"
     codec_id = 1
     unbiased = True
+    examples = ({"dtype": "float32"}, {"dtype": "float64"})
     params = {"dtype": Choice("float32", "float64", default="float64")}
 
     def _itemsize(self):

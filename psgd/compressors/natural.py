@@ -46,9 +46,8 @@ import math
 import numpy as np
 
 from .. import kernels
-from ..registry import register
 from ..validation import Choice, Int, Nullable
-from .base import Compressor, resolve_block_size, wire_error
+from .base import Compressor, register_compressor, resolve_block_size, wire_error
 
 _NORM_CODES = {"2": kernels.NORM_2, "inf": kernels.NORM_INF}
 
@@ -57,13 +56,14 @@ def _seed(rng) -> int:
     return int(rng.integers(0, 2**64, dtype=np.uint64))
 
 
-@register("compressor")
+@register_compressor
 class Natural(Compressor):
     """Natural compression: random rounding to a power of two, 9 bits per coordinate."""
 
     name = "natural"
     codec_id = 13
     unbiased = True
+    examples = ({},)
     params = {}
 
     def _encode(self, x, rng, key):
@@ -99,13 +99,17 @@ class Natural(Compressor):
         return 0.125
 
 
-@register("compressor")
+@register_compressor
 class NaturalDithering(Compressor):
     """Natural dithering: levels {0, 2^(1-s), ..., 1} of the block norm (unbiased)."""
 
     name = "natural_dithering"
     codec_id = 14
     unbiased = True
+    examples = (
+        {"levels": 8, "block_size": 1024}, {"levels": 2}, {"levels": 4},
+        {"levels": 3, "norm": "inf"}, {"levels": 8, "block_size": 32},
+    )
     params = {
         "levels": Int(1, kernels.NATDITHER_MAX_LEVELS, default=8,
                       doc="s: the levels are 0 and 2^(1-s), ..., 1/2, 1"),

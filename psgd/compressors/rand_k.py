@@ -41,9 +41,8 @@ import math
 import numpy as np
 
 from .. import kernels
-from ..registry import register
 from ..validation import Bool, Int, Nullable, Real
-from .base import Compressor, check_positive_int_or_ratio, wire_error
+from .base import Compressor, check_positive_int_or_ratio, register_compressor, wire_error
 
 _GAP_ERRORS = {
     kernels.ERR_VARINT: "the index varint at payload byte {} is truncated, longer than 5 bytes "
@@ -92,7 +91,7 @@ def gather_values(name: str, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return v.view(np.uint8)
 
 
-@register("compressor")
+@register_compressor
 class RandK(Compressor):
     """Keep k uniformly random coordinates, scaled by d/k (unbiased, omega = d/k - 1)."""
 
@@ -100,6 +99,10 @@ class RandK(Compressor):
     codec_id = 10
     unbiased = True
     shared_randomness = True
+    examples = (
+        {"ratio": 0.01}, {"ratio": 1 / 16}, {"ratio": 1 / 8}, {"ratio": 1 / 4}, {"ratio": 1 / 2},
+        {"k": 5}, {"ratio": 0.1, "send_indices": True},
+    )
     params = {
         "k": Nullable(Int(1), doc="coordinates kept (min(k, d))"),
         "ratio": Nullable(Real(0.0, 1.0, closed="right"), doc="k = ceil(ratio * d)"),

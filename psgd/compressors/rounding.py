@@ -34,18 +34,24 @@ import math
 import numpy as np
 
 from .. import kernels
-from ..registry import register
 from ..validation import Int, Nullable, Real
-from .base import Compressor, resolve_block_size, wire_error
+from .base import Compressor, register_compressor, resolve_block_size, wire_error
 
 
-@register("compressor")
+@register_compressor
 class Rounding(Compressor):
     """Deterministic rounding to the grid resolution * Z (epsilon-compressor; biased)."""
 
     name = "rounding"
     codec_id = 15
     unbiased = False
+    # absolute grid steps; the frontier and the tests feed it standard Gaussian vectors
+    examples = (
+        {"resolution": 0.01, "block_size": 256},
+        {"resolution": 1.0}, {"resolution": 0.5}, {"resolution": 0.25}, {"resolution": 0.1},
+        {"resolution": 0.01},
+        {"resolution": 0.5, "block_size": 16},
+    )
     params = {
         "resolution": Real(0.0, None, closed="neither", required=True, doc="the grid step Delta"),
         "block_size": Nullable(Int(1), default=None),

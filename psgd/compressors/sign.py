@@ -27,18 +27,18 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from ..registry import register
 from ..validation import Int, Nullable
-from .base import Compressor, resolve_block_size, wire_error
+from .base import Compressor, register_compressor, resolve_block_size, wire_error
 
 
-@register("compressor")
+@register_compressor
 class Sign(Compressor):
     """Scaled sign per block: 1 bit per coordinate + one float32 scale per block."""
 
     name = "sign"
     codec_id = 12
     unbiased = False
+    examples = ({}, {"block_size": 16})
     params = {"block_size": Nullable(Int(1), default=None, doc="null: one block")}
 
     def _encode(self, x, rng, key):

@@ -55,9 +55,9 @@ import math
 
 import numpy as np
 
-from ..registry import register
 from ..validation import Int, Nullable, Real
-from .base import Compressor, check_positive_int_or_ratio, resolve_block_size, wire_error
+from .base import (
+    Compressor, check_positive_int_or_ratio, register_compressor, resolve_block_size, wire_error)
 
 #: at most this many matrix entries are generated at once
 CHUNK_ENTRIES = 2**21
@@ -181,12 +181,19 @@ class _Sketch(Compressor):
         return out
 
 
-@register("compressor")
+@register_compressor
 class GaussianSketch(_Sketch):
     """S = G / sqrt(k): y = S x (k float32 per block); decode S^T y. omega = (d_b + 1)/k_b."""
 
     name = "gaussian_sketch"
     codec_id = 22
+    examples = (
+        # 64-blocks: O(k_b d) work, so they also run at d = 10^7; at the frontier's d = 64
+        # they are one block
+        {"ratio": 1 / 8, "block_size": 64}, {"ratio": 1 / 16, "block_size": 64},
+        {"ratio": 1 / 4, "block_size": 64}, {"ratio": 1 / 2, "block_size": 64},
+        {"k": 3}, {"k": 3, "block_size": 16},
+    )
 
     @staticmethod
     def _omega_block(db, kb):
@@ -209,12 +216,19 @@ def haar_columns(gen: np.random.Generator, n: int, db: int, kb: int) -> np.ndarr
     return Q * s[:, None, :]
 
 
-@register("compressor")
+@register_compressor
 class HaarSketch(_Sketch):
     """S = sqrt(d_b/k_b) Q^T with Q Haar (d_b x k_b); omega = d_b/k_b - 1."""
 
     name = "haar_sketch"
     codec_id = 23
+    examples = (
+        # 64-blocks: O(k_b d) work, so they also run at d = 10^7; at the frontier's d = 64
+        # they are one block
+        {"ratio": 1 / 8, "block_size": 64}, {"ratio": 1 / 16, "block_size": 64},
+        {"ratio": 1 / 4, "block_size": 64}, {"ratio": 1 / 2, "block_size": 64},
+        {"k": 2}, {"k": 3, "block_size": 16},
+    )
 
     @staticmethod
     def _omega_block(db, kb):
@@ -229,12 +243,16 @@ class HaarSketch(_Sketch):
         return math.sqrt(db / kb) * np.matmul(Q, ys[:, :, None])[:, :, 0]
 
 
-@register("compressor")
+@register_compressor
 class CoordinateSketch(_Sketch):
     """S = sqrt(d_b/k_b) rows e_i^T for a uniform k_b-subset; omega = d_b/k_b - 1."""
 
     name = "coordinate_sketch"
     codec_id = 24
+    examples = (
+        {"ratio": 0.01}, {"ratio": 1 / 16}, {"ratio": 1 / 8}, {"ratio": 1 / 4}, {"ratio": 1 / 2},
+        {"k": 2}, {"ratio": 0.25, "block_size": 16},
+    )
 
     @staticmethod
     def _omega_block(db, kb):

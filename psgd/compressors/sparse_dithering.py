@@ -49,9 +49,8 @@ import numpy as np
 
 from .. import kernels
 from ..errors import ConfigError
-from ..registry import register
 from ..validation import Choice, Int, Nullable, Real
-from .base import Compressor, resolve_block_size, wire_error
+from .base import Compressor, register_compressor, resolve_block_size, wire_error
 
 _VARIANTS = {"deterministic": kernels.SD_DETERMINISTIC, "randomized": kernels.SD_RANDOMIZED}
 _ERRORS = {
@@ -64,12 +63,22 @@ _ERRORS = {
 }
 
 
-@register("compressor")
+@register_compressor
 class SparseDithering(Compressor):
     """Sparse dithering; deterministic (``nu``, biased C(nu)) or randomized (``omega``, unbiased)."""
 
     name = "sparse_dithering"
     codec_id = 20
+    examples = (
+        {"variant": "randomized", "omega": 1.0, "block_size": 4096},
+        {"variant": "deterministic", "nu": 0.5},
+        {"variant": "deterministic", "nu": 0.2, "block_size": 64},
+        {"variant": "deterministic", "nu": 0.1},
+        {"variant": "deterministic", "nu": 0.02},
+        {"variant": "randomized", "omega": 4.0},
+        {"variant": "randomized", "omega": 0.25},
+        {"variant": "randomized", "omega": 0.0625},
+    )
     params = {
         "variant": Choice("deterministic", "randomized", default="deterministic"),
         "nu": Nullable(Real(0.0, 1.0, closed="neither"),

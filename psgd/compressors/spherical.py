@@ -48,9 +48,8 @@ from scipy import special
 
 from .. import kernels
 from ..errors import ConfigError
-from ..registry import register
 from ..validation import Int, Real
-from .base import Compressor, resolve_block_size, wire_error
+from .base import Compressor, register_compressor, resolve_block_size, wire_error
 
 #: refuse block sizes whose expected number of trials exceeds this
 MAX_EXPECTED_TRIALS = 1e7
@@ -97,7 +96,7 @@ def expected_rice_bits(p: float) -> float:
     return b + 1 + r / (1.0 - r)
 
 
-@register("compressor")
+@register_compressor
 class Spherical(Compressor):
     """Spherical compression per block (biased, delta = alpha); shared-seed."""
 
@@ -105,6 +104,14 @@ class Spherical(Compressor):
     codec_id = 21
     unbiased = False
     shared_randomness = True
+    # encode draws about d/P(alpha, d_b) Gaussians: (0.5, 4) is cheap at d = 10^7, the
+    # 8- and 16-blocks only at small d (psgd bench codecs skips what exceeds its budget)
+    examples = (
+        {"alpha": 0.5, "block_size": 4}, {"alpha": 0.2, "block_size": 4},
+        {"alpha": 0.1, "block_size": 4}, {"alpha": 0.3, "block_size": 8},
+        {"alpha": 0.1, "block_size": 8}, {"alpha": 0.5, "block_size": 16},
+        {"alpha": 0.9, "block_size": 16},
+    )
     params = {
         "alpha": Real(0.0, 1.0, closed="neither", required=True,
                       doc="||C(x)-x||^2 <= alpha ||x||^2"),

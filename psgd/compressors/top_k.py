@@ -29,19 +29,22 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from ..registry import register
 from ..validation import Int, Nullable, Real
-from .base import Compressor, check_positive_int_or_ratio, wire_error
+from .base import Compressor, check_positive_int_or_ratio, register_compressor, wire_error
 from .rand_k import add_values, decode_gap_indices, gather_values, k_of
 
 
-@register("compressor")
+@register_compressor
 class TopK(Compressor):
     """Keep the k largest |x_i| (biased, delta = 1 - k/d); values plus varint index gaps."""
 
     name = "top_k"
     codec_id = 11
     unbiased = False
+    examples = (
+        {"ratio": 0.01}, {"ratio": 1 / 16}, {"ratio": 1 / 8}, {"ratio": 1 / 4}, {"ratio": 1 / 2},
+        {"k": 3}, {"ratio": 0.1},
+    )
     params = {
         "k": Nullable(Int(1), doc="coordinates kept (min(k, d))"),
         "ratio": Nullable(Real(0.0, 1.0, closed="right"), doc="k = ceil(ratio * d)"),
