@@ -1,0 +1,380 @@
+"""The DIANA paper (Mishchenko, Gorbunov, Takac & Richtarik, arXiv 1901.09269 v1): Fig. 2,
+Fig. 5 and Table 3, with the claims as the project's paper notes (papers.md) state them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import wire
+from ..plot import figure
+from ..report import first_below
+from . import Reproduction
+from .common import (Variant, config_path, md_table, needs_data, plateau, run_variants, sci,
+                     write_report)
+
+PAPER = "DIANA (Mishchenko et al. 2019, arXiv 1901.09269 v1)"
+DQGD = "algorithm.name=dqgd"
+
+
+def _epochs_to(run, eps):
+    i = first_below(run, "subopt", eps)
+    return None if i is None else run.series("epoch")[i]
+
+
+def _bits_to(run, eps, up_only=False, envelope=True):
+    """Bits (up, or up + down) at the first logged record with subopt <= eps, or None.
+
+    ``envelope=False`` leaves out psgd's 32-byte message envelope: a synchronous run sends
+    n_workers GRAD messages per step, so that is exact (the compressor's own bytes stay in).
+    """
+    i = first_below(run, "subopt", eps)
+    if i is None:
+        return None
+    rec = run.records[i]
+    bits = rec["bits_up"] if up_only else rec["bits_up"] + rec["bits_down"]
+    if not envelope:
+        bits -= 8 * wire.HEADER_NBYTES * run.summary["n_workers"] * rec["step"]
+    return bits
+
+
+# =============================================================================================
+# Fig. 2: DIANA with momentum vs QSGD, TernGrad, DQGD on mushrooms
+# =============================================================================================
+
+FIG2_CLAIM = (
+    "Fig. 2 **[P]** (papers.md D.3): DIANA with momentum beta = 0.95 against QSGD, TernGrad "
+    "and DQGD on logistic regression, mushrooms (n = 8124, d = 112); functional accuracy from 1 "
+    "down to 1e-4 over 0-12 epochs: *DIANA keeps decreasing; the others stall*. The reason "
+    "**[P]** (B.2, B.3): QSGD / TernGrad / DQGD (DIANA with alpha = 0) converge only to a ball "
+    "whose size grows with the quantizer variance omega and the step; DIANA learns the shifts "
+    "h_i -> grad f_i(x*), so its compression variance vanishes and it converges linearly to the "
+    "exact optimum (acceptance check E.10: DIANA < 1e-12 where DCGD plateaus near 1e-3 **[D]**).")
+
+
+def _fig2_variants(quick):
+    v = [Variant("diana", "DIANA (beta 0.95, alpha 1/(1+omega))"),
+         Variant("qsgd", "QSGD (1-bit, 2-norm)", [DQGD]),
+         Variant("terngrad", "TernGrad (1-bit, inf-norm)", [DQGD, "compressor.norm=inf"])]
+    if not quick:
+        v += [Variant("dqgd", "DQGD (stand-in: s = 4, 2-norm)", [DQGD, "compressor.levels=4"]),
+              Variant("terngrad-theory", "TernGrad, proven step, no momentum",
+                      [DQGD, "compressor.norm=inf", "algorithm.momentum=0",
+                       "algorithm.stepsize=theory"])]
+    return v
+
+
+def fig2(out, quick, jobs):
+    needs_data("mushrooms")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = config_path("diana-fig2.yaml")
+    common = ["run.iterations=2500", "run.log_every=100"] if quick else []
+    variants = _fig2_variants(quick)
+    runs = run_variants(cfg, variants, out / "runs", jobs, common)
+    names = [v.label for v in variants]
+    rs = [runs[v.name] for v in variants]
+    figure(rs, "epoch", "subopt", out / "fig2_epochs.png", "mushrooms: f - f* per epoch", names)
+    figure(rs, "bits", "subopt", out / "fig2_bits.png", "mushrooms: f - f* per bit sent", names)
+
+    rows, result = [], {"runs": {}}
+    for v in variants:
+        r = runs[v.name]
+        m = {"final_subopt": r.series("subopt")[-1], "plateau": plateau(r),
+             "epochs": r.series("epoch")[-1], "stepsize": r.summary.get("stepsize"),
+             "omega": r.summary.get("omega"), "bits_to_1e-4": _bits_to(r, 1e-4)}
+        m.update({f"epochs_to_{e:g}": _epochs_to(r, e) for e in (1e-2, 1e-4, 1e-6)})
+        result["runs"][v.name] = m
+        rows.append([v.label, f"{m['stepsize']:.3g}", f"{m['omega']:.3g}", sci(m["final_subopt"]),
+                     sci(m["plateau"]), *(_int(m[f"epochs_to_{e:g}"]) for e in (1e-2, 1e-4, 1e-6)),
+                     sci(m["bits_to_1e-4"])])
+    R = result["runs"]
+    base = ["qsgd", "terngrad"]
+    ok_diana = R["diana"]["final_subopt"] < 1e-6
+    ok_floor = all(R[b]["plateau"] > 1e-4 for b in base)
+    ratio = R["qsgd"]["plateau"] / R["terngrad"]["plateau"]
+    omega_ratio = R["qsgd"]["omega"] / R["terngrad"]["omega"]
+    result["checks"] = {"diana_below_1e-6": ok_diana, "qsgd_terngrad_plateau_above_1e-4":
+                        ok_floor, "plateau_ratio_qsgd_terngrad": ratio,
+                        "omega_ratio_qsgd_terngrad": omega_ratio}
+    n_steps = rs[0].records[-1]["step"]
+    measured = md_table(["method", "step", "omega", f"f - f* at {n_steps}", "plateau (median, "
+                         "last third)", "epochs to 1e-2", "to 1e-4", "to 1e-6",
+                         "bits to 1e-4 (up+down)"], rows)
+    measured += ("\n\nEpochs: full local gradients, so one step is one pass over the data "
+                 "(epoch = step). Epochs to eps are the first logged record (every "
+                 f"{rs[0].log_every} steps) below eps; '-' = not reached.")
+    if ok_diana and ok_floor:
+        verdict = "reproduced (the ordering and the stall; not the paper's epoch scale)"
+    elif R["diana"]["final_subopt"] < min(R[b]["plateau"] for b in base):
+        verdict = "partly (DIANA is best, but the thresholds 1e-6 / 1e-4 are not both met)"
+    else:
+        verdict = "not reproduced"
+    why = (
+        f"With the same step ({R['diana']['stepsize']:g}) and momentum (0.95) for every method "
+        f"(tuned for DIANA over 0.1 / 0.2 / 0.4; at 0.2 DIANA reached 4.5e-6 in 3000 steps, at "
+        f"0.4 4.7e-9), DIANA ends at {sci(R['diana']['final_subopt'])} while QSGD and TernGrad "
+        f"flatten at {sci(R['qsgd']['plateau'])} and {sci(R['terngrad']['plateau'])}: a "
+        f"stall, not slow progress (their curves stop decreasing after ~1000 steps). The floor "
+        f"is the quantizer variance at the optimum (grad f_i(x*) != 0): QSGD's floor is "
+        f"{ratio:.2g}x TernGrad's, its omega {omega_ratio:.2g}x (theory: floor ~ gamma omega "
+        f"sigma*^2 / (n mu)); halving the step lowers TernGrad's floor (measured: 5.6e-5 at "
+        f"step 0.1 after 3000 steps), as the ball formula says. DIANA's shifts learn "
+        f"grad f_i(x*), so nothing is left to stall on.\n\n"
+        "What does not match: the paper's x axis. It reaches 1e-4 in about 12 epochs, so its "
+        "steps must have been minibatch steps (many per epoch) whose batch size it does not "
+        "state; with full gradients (needed to see the exact-optimum claim) one epoch is one "
+        "step here. The regularisation is l2 = L/N (Appendix L.2). With l2 = 1/N instead "
+        "(Sec. 7.1, kappa ~ 2e4) 3000 steps end conditioning-limited for every method "
+        "(DIANA with momentum 3.8e-4 after 2000 steps, the others 1.7e-2 to 2.9e-2).")
+    if not quick:
+        why += (f"\n\nThe issue's reversal (DIANA behind TernGrad) came from the step rules, "
+                f"not the method: TernGrad with its proven step and no momentum "
+                f"(terngrad-theory, step {R['terngrad-theory']['stepsize']:.3g}) is still "
+                f"descending at {sci(R['terngrad-theory']['final_subopt'])}: on this "
+                f"kappa ~ 8000 problem the proven steps are conditioning-limited; DIANA's "
+                f"theory step with the (1 - momentum) heuristic is 20x smaller again.")
+    setup = _setup(cfg, variants, common, 5,
+                   "DQGD: the paper does not say which quantizer its DQGD used **[U]**; we use "
+                   "random dithering with s = 4 levels (2-norm) as a stand-in.")
+    return write_report(out, title=f"diana-fig2{' (quick)' if quick else ''}: {PAPER}, Fig. 2",
+                        claim=FIG2_CLAIM, setup=setup, measured=measured,
+                        figures=[("fig2_epochs.png", "f - f* against epochs (log scale)"),
+                                 ("fig2_bits.png", "f - f* against bits sent, up + down")],
+                        verdict=verdict, why=why, result=result)
+
+
+# =============================================================================================
+# Fig. 5: Rosenbrock over 2 workers
+# =============================================================================================
+
+FIG5_CLAIM = (
+    "Fig. 5 **[P]** (papers.md D.3, Appendix L.1): the Rosenbrock function f = (x-1)^2 + "
+    "10(y-x^2)^2 split over 2 workers as f1 = (x+16)^2 + 10(y-x^2)^2 + 16y and f2 = (x-18)^2 + "
+    "10(y-x^2)^2 - 16y + const, full gradients, momentum 0.9, alpha = 0.5, 1-bit quantizers: "
+    "*DIANA reaches the optimum (1, 1); QSGD and TernGrad do not* (grad f_i(x*) != 0, so "
+    "their quantization noise never vanishes).")
+
+
+def fig5(out, quick, jobs):
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = config_path("diana-fig5.yaml")
+    common = ["run.iterations=3500", "run.log_every=250"] if quick else []
+    variants = [Variant("diana", "DIANA (alpha 0.5)", ["algorithm.alpha=0.5"], ranks=3),
+                Variant("qsgd", "QSGD / QGD (1-bit, 2-norm)", [DQGD], ranks=3),
+                Variant("terngrad", "TernGrad (1-bit, inf-norm)", [DQGD, "compressor.norm=inf"],
+                        ranks=3)]
+    runs = run_variants(cfg, variants, out / "runs", jobs, common)
+    rs = [runs[v.name] for v in variants]
+    names = [v.label for v in variants]
+    figure(rs, "step", "subopt", out / "fig5_subopt.png", "Rosenbrock, 2 workers", names)
+    rows, result = [], {"runs": {}}
+    for v in variants:
+        r = runs[v.name]
+        x = np.load(r.path / "model.npy")
+        m = {"final_subopt": r.series("subopt")[-1], "plateau": plateau(r),
+             "dist_to_opt": float(np.linalg.norm(x - 1.0)), "x_final": [float(t) for t in x]}
+        result["runs"][v.name] = m
+        rows.append([v.label, sci(m["final_subopt"]), sci(m["plateau"]),
+                     f"({x[0]:.4f}, {x[1]:.4f})", sci(m["dist_to_opt"])])
+    R = result["runs"]
+    ok_diana = R["diana"]["final_subopt"] < 1e-6 and R["diana"]["dist_to_opt"] < 1e-2
+    ok_others = all(R[b]["plateau"] > 1e-3 for b in ("qsgd", "terngrad"))
+    result["checks"] = {"diana_at_optimum": ok_diana, "others_plateau_above_1e-3": ok_others}
+    steps = rs[0].records[-1]["step"]
+    measured = md_table(["method", f"f - f* at {steps}", "plateau (median, last third)",
+                         "final x", "distance to x*"], rows)
+    verdict = ("reproduced" if ok_diana and ok_others else
+               "partly" if ok_diana or ok_others else "not reproduced")
+    why = (f"DIANA converges linearly to x* = (1, 1) (distance "
+           f"{sci(R['diana']['dist_to_opt'])}), QSGD and TernGrad with the same step and momentum "
+           f"wander around it at f - f* ~ {sci(R['qsgd']['plateau'])} / "
+           f"{sci(R['terngrad']['plateau'])}: at x* the workers' gradients are (+-34, +-16) "
+           f"(grad f1(x*) = (34, 16) = -grad f2(x*)), so a 1-bit quantizer of grad f_i keeps "
+           f"injecting noise of that size, while DIANA quantizes grad f_i - h_i -> 0. The paper "
+           f"draws the trajectories in the plane; psgd logs f, not the iterates, so the figure "
+           f"here is f - f* per step and the final point comes from model.npy. The step 5e-4 is "
+           f"ours (the paper tuned it and does not print it).")
+    setup = _setup(cfg, variants, common, 3, "")
+    return write_report(out, title=f"diana-fig5{' (quick)' if quick else ''}: {PAPER}, Fig. 5",
+                        claim=FIG5_CLAIM, setup=setup, measured=measured,
+                        figures=[("fig5_subopt.png", "f - f* against steps (log scale)")],
+                        verdict=verdict, why=why, result=result)
+
+
+# =============================================================================================
+# Table 3: block sizes, l2 vs inf norm
+# =============================================================================================
+
+TABLE3_CLAIM = (
+    "Table 3 / Fig. 6 **[P]** (papers.md D.3, Appendix L.2.2): DIANA with alpha = 1e-3, no "
+    "momentum, on mushrooms (d = 112) and a5a (d = 122), 10 and 20 workers, block sizes "
+    "{6, 25, full}, functional accuracy against time: *the optimal block size is about 25 for "
+    "the 2-norm quantizer and the full vector for the inf-norm one*, for both datasets and both "
+    "worker counts (for the 2-norm, \"if the regularization is big\"; small blocks when it is "
+    "small). Theory **[P]** (Lemma 2, B.3): omega_2 = sqrt(d~) - 1 and omega_inf = "
+    "(sqrt(d~) - 1)/2 for blocks of d~, so blocks lower the variance but add one float "
+    "per block to every message.")
+
+BLOCKS = (("6", 6), ("25", 25), ("full", None))
+T3_EPS = (1e-3, 1e-4)
+
+
+def table3(out, quick, jobs):
+    datasets = ("mushrooms",) if quick else ("mushrooms", "a9a")
+    needs_data(*datasets)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = config_path("diana-table3.yaml")
+    workers = (4,) if quick else (10, 20)
+    common = ["run.iterations=800"] if quick else []
+    variants = []
+    for ds in datasets:
+        for n in workers:
+            for norm in ("2", "inf"):
+                for bname, b in BLOCKS:
+                    variants.append(Variant(
+                        f"{ds}-n{n}-{'l2' if norm == '2' else 'linf'}-b{bname}",
+                        f"{ds}, {n} workers, {norm}-norm, block {bname}",
+                        [f"data.path={ds}", f"compressor.norm={norm}",
+                         f"compressor.block_size={'null' if b is None else b}"], ranks=n + 1))
+    runs = run_variants(cfg, variants, out / "runs", jobs, common)
+    result = {"runs": {}, "best": {}}
+    rows, figs = [], []
+    for ds in datasets:
+        for n in workers:
+            for norm in ("2", "inf"):
+                group = [v for v in variants if v.name.startswith(
+                    f"{ds}-n{n}-{'l2' if norm == '2' else 'linf'}-")]
+                grs = [runs[v.name] for v in group]
+                tag = f"{ds}-n{n}-{'l2' if norm == '2' else 'linf'}"
+                figure(grs, "bits_up", "subopt", out / f"table3_{tag}.png",
+                       f"{ds}, {n} workers, {norm}-norm quantizer",
+                       [f"block {b}" for b, _ in BLOCKS])
+                figs.append((f"table3_{tag}.png", f"{ds}, {n} workers, {norm}-norm: f - f* "
+                             f"against bits up (headers included)"))
+                eps = _common_eps(grs)
+                best = {}
+                for crit, kw in (("bits", {}), ("payload", {"envelope": False}),
+                                 ("steps", None)):
+                    vals = {}
+                    for (bname, _), r in zip(BLOCKS, grs):
+                        i = first_below(r, "subopt", eps) if eps else None
+                        if i is None:
+                            vals[bname] = math.inf
+                        elif kw is None:
+                            vals[bname] = r.records[i]["step"]
+                        else:
+                            vals[bname] = _bits_to(r, eps, up_only=True, **kw)
+                    best[crit] = min(vals, key=vals.get) if eps else None
+                result["best"][tag] = {"eps": eps, **best}
+                for (bname, _), r in zip(BLOCKS, grs):
+                    name = f"{tag}-b{bname}"
+                    steps = r.records[-1]["step"] or 1
+                    per_msg = r.records[-1]["bits_up"] / (steps * n)
+                    m = {"eps": eps, "omega": r.summary.get("omega"), "bits_per_message":
+                         per_msg, "payload_bits_per_message": per_msg - 8 * wire.HEADER_NBYTES,
+                         "final_subopt": r.series("subopt")[-1]}
+                    if eps:
+                        i = first_below(r, "subopt", eps)
+                        m.update(steps_to_eps=r.records[i]["step"],
+                                 bits_up_to_eps=_bits_to(r, eps, True),
+                                 payload_up_to_eps=_bits_to(r, eps, True, envelope=False))
+                    result["runs"][name] = m
+                    mark = lambda c: " **best**" if best[c] == bname else ""  # noqa: E731
+                    rows.append([ds, n, norm, bname, f"{m['omega']:.3g}", f"{per_msg:.0f}",
+                                 f"{m['payload_bits_per_message']:.0f}", sci(eps),
+                                 f"{m.get('steps_to_eps', '-')}{mark('steps')}",
+                                 f"{sci(m.get('bits_up_to_eps'))}{mark('bits')}",
+                                 f"{sci(m.get('payload_up_to_eps'))}{mark('payload')}"])
+    B = result["best"]
+    linf_full = all(B[t]["bits"] == "full" for t in B if t.endswith("linf"))
+    l2_25 = [t for t in B if t.endswith("l2") and B[t]["bits"] == "25"]
+    l2_25_payload = [t for t in B if t.endswith("l2") and B[t]["payload"] == "25"]
+    n_l2 = sum(1 for t in B if t.endswith("l2"))
+    result["checks"] = {"linf_best_full": linf_full, "l2_best_25": len(l2_25) == n_l2,
+                        "l2_best_25_groups": l2_25, "l2_best_25_payload_groups": l2_25_payload}
+    measured = md_table(["dataset", "workers", "norm", "block", "omega", "bits/msg",
+                         "payload bits/msg", "eps", "steps to eps", "bits up to eps",
+                         "payload bits up to eps"], rows)
+    measured += ("\n\nbits/msg: measured, including psgd's 32-byte message envelope; payload: "
+                 "without the envelope (the compressor's bytes: one float32 scale per block + "
+                 "5 trits per byte). eps: the smallest of 1e-3, 1e-4 every block size of the "
+                 "group reached; 'best' = least of that column. Time, the paper's axis, is "
+                 "not used: 11-21 ranks on 2 shared cores make wall time measure the scheduler.")
+    if linf_full and len(l2_25) == n_l2:
+        verdict = "reproduced"
+    elif linf_full:
+        verdict = "partly (inf-norm: full vector best everywhere; 2-norm: 25 not best everywhere)"
+    else:
+        verdict = "not reproduced"
+    why = _table3_why(result, workers, datasets)
+    setup = _setup(cfg, variants[:len(BLOCKS) * 2], common, workers[0] + 1,
+                   f"Shown for the first dataset and worker count; the others swap data.path "
+                   f"and the number of ranks ({', '.join(str(w + 1) for w in workers)}). Every "
+                   f"variant uses the same step 0.19 (= 0.5/L on mushrooms; within DQGD's proven "
+                   f"bound for every block size at n >= 4), alpha = 1e-3 and l2 = 0.05 (the "
+                   f"\"big regularization\" case of L.2.2). a9a replaces the paper's a5a (same "
+                   f"123 features, 32561 samples instead of 6414).")
+    return write_report(out, title=f"diana-table3{' (quick)' if quick else ''}: {PAPER}, "
+                                   f"Table 3", claim=TABLE3_CLAIM, setup=setup,
+                        measured=measured, figures=figs, verdict=verdict, why=why,
+                        result=result)
+
+
+def _common_eps(runs):
+    for eps in reversed(T3_EPS):
+        if all(first_below(r, "subopt", eps) is not None for r in runs):
+            return eps
+    return None
+
+
+def _table3_why(result, workers, datasets) -> str:
+    R, B = result["runs"], result["best"]
+    lines = []
+    for t, b in B.items():
+        lines.append(f"- {t}: best by bits (envelope included) **{b['bits']}**, by payload "
+                     f"**{b['payload']}**, by steps **{b['steps']}** (eps {sci(b['eps'])})")
+    ds, n = datasets[0], workers[0]
+    b6, b25, bf = (R.get(f"{ds}-n{n}-l2-b{b}", {}) for b in ("6", "25", "full"))
+    text = "\n".join(lines)
+    if b6 and b25 and bf:
+        text += (
+            f"\n\nWhy, on {ds} with {n} workers and the 2-norm: blocks lower omega "
+            f"({bf['omega']:.3g} full, {b25['omega']:.3g} at 25, {b6['omega']:.3g} at 6) and so "
+            f"the steps to eps ({bf.get('steps_to_eps', '-')} / {b25.get('steps_to_eps', '-')} /"
+            f" {b6.get('steps_to_eps', '-')}), but each block adds a 32-bit scale: payload "
+            f"{bf['payload_bits_per_message']:.0f} / {b25['payload_bits_per_message']:.0f} / "
+            f"{b6['payload_bits_per_message']:.0f} bits per message, beside psgd's "
+            f"{8 * wire.HEADER_NBYTES}-bit envelope. The winner is where fewer steps stop paying "
+            f"for the scales; counting the envelope (a fixed cost per message) favours the "
+            f"variant that needs fewer messages, i.e. smaller blocks. With the inf-norm "
+            f"omega is half as large at every block size, so the extra scales of small blocks "
+            f"buy fewer steps than they cost and the full vector wins, as the paper says.")
+    return text
+
+
+def _int(v):
+    return "-" if v is None else f"{v:.0f}"
+
+
+def _setup(cfg, variants, common, ranks, extra) -> str:
+    lines = [f"Base config `configs/papers/{cfg.name}`; every run is "
+             f"`mpiexec -n {ranks} psgd run {cfg.name} --set ...` with:", ""]
+    if common:
+        lines.append(f"- every run: `{' '.join('--set ' + c for c in common)}`")
+    for v in variants:
+        sets = " ".join("--set " + s for s in v.sets) or "(the base config)"
+        lines.append(f"- {v.label} (`runs/{v.name}`): {sets}")
+    if extra:
+        lines += ["", extra]
+    return "\n".join(lines)
+
+
+REPRODUCTIONS = [
+    Reproduction("diana-fig2", PAPER, "DIANA with momentum vs QSGD, TernGrad, DQGD on mushrooms",
+                 run=fig2),
+    Reproduction("diana-table3", PAPER, "block sizes 6/25/full, l2 vs inf norm, 10/20 workers",
+                 run=table3),
+    Reproduction("diana-fig5", PAPER, "Rosenbrock over 2 workers: DIANA vs QSGD, TernGrad",
+                 run=fig5),
+]
