@@ -48,13 +48,10 @@ def first_below(run, metric: str, eps: float):
 
 def rows(runs, eps_list, metric="subopt", names=None) -> list[dict]:
     names = names or labels(runs)
-    have = {}
     out = []
     for run, name in zip(runs, names):
-        for col in ("epoch", "bits", "payload_bits"):
-            have[col] = col in run.available()
-        series = {c: run.series(c) if have[c] else None for c in ("epoch", "bits",
-                                                                   "payload_bits")}
+        series = {c: run.series(c) if c in run.available() else None
+                  for c in ("epoch", "bits", "payload_bits")}
         values = run.series(metric)
         for eps in eps_list:
             i = first_below(run, metric, eps)
@@ -81,7 +78,7 @@ def _cell(col, v) -> str:
     if col in ("bits", "payload_bits"):
         return f"{v:.4g}" if v >= 1e5 else f"{v:.0f}"
     if isinstance(v, float):
-        return f"{v:.3g}" if col in ("epoch", "time_s") else f"{v:.3e}"
+        return f"{v:.4g}" if col in ("epoch", "time_s") else f"{v:.3e}"
     return str(v)
 
 

@@ -158,12 +158,16 @@ def labels(runs: list[Run]) -> list[str]:
         return [r.path.name or r.name for r in runs]
     short = _short_names(keys)
     flats = [flatten(r.config) for r in runs]
-    return [", ".join(f"{short[k]}={_fmt(f.get(k))}" for k in keys) for f in flats]
+    # a key a run's config lacks (dqgd has no alpha) says nothing about that run: leave it out
+    return [", ".join(f"{short[k]}={_fmt(f[k])}" for k in keys if k in f) for f in flats]
 
 
 def _short_names(keys):
     out = {}
     for k in keys:
+        if k.endswith(".name"):  # algorithm.name=dqgd reads better as algorithm=dqgd
+            out[k] = k[:-len(".name")]
+            continue
         parts = k.split(".")
         for n in range(1, len(parts) + 1):
             cand = ".".join(parts[-n:])

@@ -27,7 +27,9 @@ class Reproduction:
     name: str
     paper: str
     what: str
-    run: Callable | None = None  # run(out: Path, quick: bool, jobs: int) -> dict (result)
+    #: run(out: Path, quick: bool, jobs: int, extra=()) -> result dict; ``extra`` are --set
+    #: overrides applied last (tests replace the data section with synthetic data)
+    run: Callable | None = None
     missing: str | None = None   # why it cannot run yet
 
 

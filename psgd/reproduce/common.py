@@ -49,15 +49,23 @@ def needs_data(*names) -> Path:
     return Path(root)
 
 
+def data_given(extra) -> bool:
+    """True when the extra overrides replace the data section (tests: synthetic data)."""
+    return any(s.startswith("data=") for s in extra)
+
+
 def run_variants(config: Path, variants: list[Variant], out: Path, jobs: int,
-                 common=()) -> dict[str, Run]:
-    """Run every variant not finished yet (``out/<name>``); return name -> Run."""
+                 common=(), extra=()) -> dict[str, Run]:
+    """Run every variant not finished yet (``out/<name>``); return name -> Run.
+
+    Each run gets ``common``, then the variant's own overrides, then ``extra`` (last wins).
+    """
     by_ranks: dict[int, list[Variant]] = {}
     for v in variants:
         by_ranks.setdefault(v.ranks, []).append(v)
     failed = []
     for ranks, group in by_ranks.items():
-        points = [[w for s in [*common, *v.sets] for w in ("--set", s)] for v in group]
+        points = [[w for s in [*common, *v.sets, *extra] for w in ("--set", s)] for v in group]
         rows = run_points(config, points, out, ranks=ranks, jobs=jobs,
                           names=[v.name for v in group], log_dir=out / "logs")
         failed += [f"{r['out'].name} (log {r['log']})" for r in rows if r["state"] == "failed"]
