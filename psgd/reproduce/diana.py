@@ -315,24 +315,31 @@ def table3(out, quick, jobs, extra=()):
                                  f"{sci(m.get('bits_up_to_eps'))}{mark('bits')}",
                                  f"{sci(m.get('payload_up_to_eps'))}{mark('payload')}"])
     B = result["best"]
-    linf_full = all(B[t]["bits"] == "full" for t in B if t.endswith("linf"))
-    l2_25 = [t for t in B if t.endswith("l2") and B[t]["bits"] == "25"]
-    l2_25_payload = [t for t in B if t.endswith("l2") and B[t]["payload"] == "25"]
-    n_l2 = sum(1 for t in B if t.endswith("l2"))
-    result["checks"] = {"linf_best_full": linf_full, "l2_best_25": len(l2_25) == n_l2,
-                        "l2_best_25_groups": l2_25, "l2_best_25_payload_groups": l2_25_payload}
+    # The paper's bit accounting (Theorem 1) counts the quantizer's message, not a transport
+    # envelope, so the verdict uses payload bits; the envelope-inclusive winner is reported too.
+    linf = [t for t in B if t.endswith("linf")]
+    l2 = [t for t in B if t.endswith("l2")]
+    linf_full = [t for t in linf if B[t]["payload"] == "full"]
+    l2_25 = [t for t in l2 if B[t]["payload"] == "25"]
+    result["checks"] = {"linf_best_full": len(linf_full) == len(linf),
+                        "l2_best_25": len(l2_25) == len(l2),
+                        "linf_best_full_with_envelope": all(B[t]["bits"] == "full" for t in linf),
+                        "l2_best_25_with_envelope": all(B[t]["bits"] == "25" for t in l2)}
     measured = md_table(["dataset", "workers", "norm", "block", "omega", "bits/msg",
                          "payload bits/msg", "eps", "steps to eps", "bits up to eps",
                          "payload bits up to eps"], rows)
     measured += ("\n\nbits/msg: measured, including psgd's 32-byte message envelope; payload: "
-                 "without the envelope (the compressor's bytes: one float32 scale per block + "
-                 "5 trits per byte). eps: the smallest of 1e-3, 1e-4 every block size of the "
-                 "group reached; 'best' = least of that column. Time, the paper's axis, is "
-                 "not used: 11-21 ranks on 2 shared cores make wall time measure the scheduler.")
-    if linf_full and len(l2_25) == n_l2:
-        verdict = "reproduced"
-    elif linf_full:
-        verdict = "partly (inf-norm: full vector best everywhere; 2-norm: 25 not best everywhere)"
+                 "without the envelope (the compressor's bytes: its 8-byte codec header, one "
+                 "float32 scale per block, 5 trits per byte). eps: the smallest of 1e-3, 1e-4 "
+                 "every block size of the group reached; steps to eps are resolved at the "
+                 "logging cadence (25 steps); 'best' = least of that column. Time, the paper's "
+                 "axis, is not used: 5-21 ranks on 2 shared cores make wall time measure the "
+                 "scheduler.")
+    if len(linf_full) == len(linf) and len(l2_25) == len(l2):
+        verdict = "reproduced (by payload bits)"
+    elif len(linf_full) + len(l2_25) > 0:
+        verdict = (f"partly: inf-norm full best in {len(linf_full)}/{len(linf)} groups, 2-norm "
+                   f"25 best in {len(l2_25)}/{len(l2)} (by payload bits)")
     else:
         verdict = "not reproduced"
     why = _table3_why(result, workers, datasets)
@@ -360,24 +367,28 @@ def _table3_why(result, workers, datasets) -> str:
     R, B = result["runs"], result["best"]
     lines = []
     for t, b in B.items():
-        lines.append(f"- {t}: best by bits (envelope included) **{b['bits']}**, by payload "
-                     f"**{b['payload']}**, by steps **{b['steps']}** (eps {sci(b['eps'])})")
-    ds, n = datasets[0], workers[0]
-    b6, b25, bf = (R.get(f"{ds}-n{n}-l2-b{b}", {}) for b in ("6", "25", "full"))
+        lines.append(f"- {t}: best by payload bits **{b['payload']}**, by bits with the envelope "
+                     f"**{b['bits']}**, by steps **{b['steps']}** (eps {sci(b['eps'])})")
     text = "\n".join(lines)
-    if b6 and b25 and bf:
+    ds, n = datasets[0], workers[0]
+    for norm in ("l2", "linf"):
+        b6, b25, bf = (R.get(f"{ds}-n{n}-{norm}-b{b}", {}) for b in ("6", "25", "full"))
+        if not (b6 and b25 and bf and "steps_to_eps" in b6 and "steps_to_eps" in bf
+                and "steps_to_eps" in b25):
+            continue
         text += (
-            f"\n\nWhy, on {ds} with {n} workers and the 2-norm: blocks lower omega "
-            f"({bf['omega']:.3g} full, {b25['omega']:.3g} at 25, {b6['omega']:.3g} at 6) and so "
-            f"the steps to eps ({bf.get('steps_to_eps', '-')} / {b25.get('steps_to_eps', '-')} /"
-            f" {b6.get('steps_to_eps', '-')}), but each block adds a 32-bit scale: payload "
-            f"{bf['payload_bits_per_message']:.0f} / {b25['payload_bits_per_message']:.0f} / "
-            f"{b6['payload_bits_per_message']:.0f} bits per message, beside psgd's "
-            f"{8 * wire.HEADER_NBYTES}-bit envelope. The winner is where fewer steps stop paying "
-            f"for the scales; counting the envelope (a fixed cost per message) favours the "
-            f"variant that needs fewer messages, i.e. smaller blocks. With the inf-norm "
-            f"omega is half as large at every block size, so the extra scales of small blocks "
-            f"buy fewer steps than they cost and the full vector wins, as the paper says.")
+            f"\n\n{ds}, {n} workers, {norm}: smaller blocks lower omega ({bf['omega']:.3g} "
+            f"full, {b25['omega']:.3g} at 25, {b6['omega']:.3g} at 6) and the steps to eps "
+            f"({bf['steps_to_eps']} / {b25['steps_to_eps']} / {b6['steps_to_eps']}), but every "
+            f"block adds a 32-bit scale: {bf['payload_bits_per_message']:.0f} / "
+            f"{b25['payload_bits_per_message']:.0f} / {b6['payload_bits_per_message']:.0f} "
+            f"payload bits per message. Steps x payload decides the payload winner. psgd's "
+            f"{8 * wire.HEADER_NBYTES}-bit envelope is a fixed cost per message, so counting "
+            f"it rewards the variant with fewer steps, i.e. smaller blocks: that is why the "
+            f"two criteria can pick different winners.")
+    text += ("\n\nAll variants share one step (0.19); the paper tuned its runs and measured "
+             "time, so a block size that wins here by a margin of one logging interval (25 "
+             "steps) is a tie within the resolution.")
     return text
 
 
