@@ -28,11 +28,14 @@ def _bits_to(run, eps, up_only=False, envelope=True):
 
     ``envelope=False`` leaves out psgd's 32-byte message envelope: a synchronous run sends
     n_workers GRAD messages per step, so that is exact (the compressor's own bytes stay in).
+    A run that logs ``payload_bits_up`` (newer psgd) gives that instead.
     """
     i = first_below(run, "subopt", eps)
     if i is None:
         return None
     rec = run.records[i]
+    if not envelope and up_only and "payload_bits_up" in rec:
+        return rec["payload_bits_up"]
     bits = rec["bits_up"] if up_only else rec["bits_up"] + rec["bits_down"]
     if not envelope:
         bits -= 8 * wire.HEADER_NBYTES * run.summary["n_workers"] * rec["step"]
