@@ -17,7 +17,7 @@ from psgd.reproduce import diana, registry
 SYNTHETIC = "data={source: synthetic, n_samples: 1000, n_features: 30, partition: contiguous}"
 
 
-def reproduce(*args, env=None, timeout=400):
+def reproduce(*args, env=None, timeout=900):
     return subprocess.run([sys.executable, "-m", "psgd", "reproduce", *args],
                           capture_output=True, text=True, timeout=timeout,
                           env=env or dict(os.environ))
