@@ -81,7 +81,16 @@ def _parser():
                        )
     b.add_argument("what", nargs="?", help="which benchmark")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
+    for name, (_, text) in TOOLS.items():
+        sub.add_parser(name, help=text, add_help=False)
     return p
+
+
+#: commands that parse their own arguments: name -> (module, help); each module has main(argv)
+TOOLS = {"plot": ("plot", "runs on one axis (see psgd plot --help)"),
+         "report": ("report", "iterations, bits and time to each eps, per run"),
+         "sweep": ("sweep", "one run per grid point, K at a time, resumable"),
+         "reproduce": ("reproduce", "a seed paper's experiment: figures and REPORT.md")}
 
 
 def _bench_names():
@@ -91,6 +100,11 @@ def _bench_names():
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TOOLS:
+        import importlib
+
+        return importlib.import_module(f".{TOOLS[argv[0]][0]}", __package__).main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
