@@ -13,7 +13,8 @@ import importlib
 import sys
 
 BENCHMARKS = {"codecs": "psgd.bench_codecs", "frontier": "psgd.bench_frontier",
-              "runtime": "psgd.bench_runtime"}
+              "runtime": "psgd.bench_runtime",
+              "network": "psgd.bench_network"}
 
 
 def main(what: str, rest) -> int:
