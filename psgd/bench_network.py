@@ -105,7 +105,8 @@ def _parser():
     p.add_argument("--eps", type=float, default=1e-6, help="relative to f(x0) - f*")
     p.add_argument("--mu", type=float, default=0.1)
     p.add_argument("--L", type=float, default=1.0)
-    p.add_argument("--max-iters", type=int, default=3000)
+    p.add_argument("--max-iters", type=int, default=1000,
+                   help="iteration cap of a run to eps; a method that needs more is left out")
     p.add_argument("--steps", type=int, default=6, help="steps per shaped run (at most)")
     p.add_argument("--shaped-budget", type=float, default=60.0,
                    help="seconds a shaped run should take; fewer steps (>= 3) when slower")
@@ -391,15 +392,21 @@ def bench(args, cluster, work, log):
               "latency appears only in the cost model", "calibration": [], "dims": []}
     # steps: searched once, at tune_dim, unshaped
     tgt_tune, _ = _target(args.tune_dim, args)
-    chosen, tuned_runs = {}, {}
+    chosen, tuned_runs, left_out = {}, {}, {}
+    result["left_out"] = left_out
     log(f"step sizes: grid {args.grid} (x 1/L) searched unshaped at d = {args.tune_dim}")
     for name, spec in args.method_specs.items():
         best, tried = tune(runner, name, spec, args.tune_dim, tgt_tune, args, log)
         if best is None:
-            raise Failed(f"{name}: no step of the grid reached eps at d = {args.tune_dim} "
-                         f"({tried[-1]['why']})")
+            left_out[name] = (f"no step of the grid reached eps at d = {args.tune_dim} "
+                              f"({tried[-1]['why']})")
+            log(f"  left out {name}: {left_out[name]}")
+            continue
         chosen[name] = {"step": best["grid_step"], "tried": tried}
         tuned_runs[name] = best
+    if not chosen:
+        raise Failed("no method reached eps: "
+                     + "; ".join(f"{k}: {v}" for k, v in left_out.items()))
 
     for rate in [None] + list(args.rates):
         cluster.shape(rate)
@@ -410,60 +417,75 @@ def bench(args, cluster, work, log):
     cluster.shape(None)
     bw = {c["rate_bps"]: c["bandwidth_bps"] for c in result["calibration"]}
 
+    to_eps_runs = {}
     for d in args.dim_list:
         target, gap = _target(d, args)
         eps_d = args.eps_dim or d
         entry = {"d": d, "target": target, "f0_minus_fstar": gap, "eps_dim": eps_d, "rows": []}
         result["dims"].append(entry)
-        for name, spec in args.method_specs.items():
-            step = chosen[name]["step"]
-            # iterations to eps: the unshaped run to eps (the tuning run when it is the same)
-            if eps_d == args.tune_dim:
-                to_eps = tuned_runs[name]
-                if d != eps_d:
-                    to_eps = dict(to_eps, carried=True)
-            else:
-                to_eps = runner.run(spec, eps_d, step, args.max_iters, _target(eps_d, args)[0],
-                                    f"{name}-eps-{eps_d}")
-            if "failed" in to_eps or to_eps["status"] != "converged":
-                raise Failed(f"{name} at d = {eps_d}: not at eps "
-                             f"({to_eps.get('failed', to_eps['status'])})")
-            iters = to_eps["iterations"]
-            # unshaped timing at d: the to-eps run itself when it was at d, else a short run
-            if d == eps_d and d == args.tune_dim or d == eps_d:
-                unshaped = to_eps
-            else:
-                unshaped = runner.run(spec, d, step, args.steps, None, f"{name}-unshaped-{d}")
-            if "failed" in unshaped:
-                raise Failed(f"{name} unshaped at d = {d}: {unshaped['failed']}")
-            kind = spec["kind"]
-            base = {"method": name, "kind": kind, "d": d, "grid_step": step,
-                    "stepsize": to_eps["stepsize"], "iterations": iters,
-                    "iterations_source": f"measured unshaped at d = {eps_d}"
-                    + (" (carried over to this d)" if eps_d != d else "")}
-            rows = [dict(base, rate_bps=None, **_measured(unshaped))]
-            for rate in args.rates:
-                pred, _ = predict_step(rows[0], unshaped, bw[None], bw[rate], n)
-                k = shaped_steps(args, pred)
-                cluster.shape(rate)
-                try:
-                    r = runner.run(spec, d, step, k, None, f"{name}-{fmt_rate(rate)}-{d}")
-                finally:
-                    cluster.shape(None)
-                if "failed" in r:
-                    raise Failed(f"{name} at {fmt_rate(rate)}, d = {d}: {r['failed']}")
-                rows.append(dict(base, rate_bps=rate, steps_timed=k, **_measured(r)))
-            for row in rows:
-                row["t_eps_s"] = row["iterations"] * row["s_per_step"]
-                pred, net = predict_step(row, unshaped, bw[None], bw[row["rate_bps"]], n)
-                row["pred_s_per_step"], row["pred_network_share"] = pred, net / pred if pred else 0
-                row["pred_t_eps_s"] = iters * pred
-            entry["rows"] += rows
-            log("  " + ", ".join(f"{fmt_rate(r['rate_bps'])} {r['s_per_step'] * 1e3:.1f} ms"
-                                 for r in rows) + f"  per step: {name}, d = {d}, {iters} iterations")
+        for name in chosen:
+            try:
+                entry["rows"] += measure(runner, name, args.method_specs[name], d, chosen[name],
+                                         tuned_runs, to_eps_runs, bw, args, log)
+            except Failed as exc:
+                left_out[f"{name} at d = {d}"] = str(exc)
+                log(f"  left out {name} at d = {d}: {exc}")
         _ratios(entry["rows"])
     result["steps"] = chosen
     return result
+
+
+def measure(runner, name, spec, d, chosen, tuned_runs, to_eps_runs, bw, args, log):
+    """The rows of one method at d: unshaped, then every rate."""
+    n = args.workers
+    cluster = runner.cl
+    eps_d = args.eps_dim or d
+    step = chosen["step"]
+    # iterations to eps: the unshaped run to eps (the tuning run when it is the same)
+    if eps_d == args.tune_dim:
+        to_eps = tuned_runs[name]
+    elif (name, eps_d) in to_eps_runs:
+        to_eps = to_eps_runs[name, eps_d]
+    else:
+        to_eps = runner.run(spec, eps_d, step, args.max_iters, _target(eps_d, args)[0],
+                            f"{name}-eps-{eps_d}")
+        to_eps_runs[name, eps_d] = to_eps
+    if "failed" in to_eps or to_eps["status"] != "converged":
+        raise Failed(f"{name} at d = {eps_d}: not at eps "
+                     f"({to_eps.get('failed', to_eps['status'])})")
+    iters = to_eps["iterations"]
+    # unshaped timing at d: the to-eps run itself when it was at d, else a short run
+    if d == eps_d:
+        unshaped = to_eps
+    else:
+        unshaped = runner.run(spec, d, step, args.steps, None, f"{name}-unshaped-{d}")
+    if "failed" in unshaped:
+        raise Failed(f"{name} unshaped at d = {d}: {unshaped['failed']}")
+    kind = spec["kind"]
+    base = {"method": name, "kind": kind, "d": d, "grid_step": step,
+            "stepsize": to_eps["stepsize"], "iterations": iters,
+            "iterations_source": f"measured unshaped at d = {eps_d}"
+            + (" (carried over to this d)" if eps_d != d else "")}
+    rows = [dict(base, rate_bps=None, **_measured(unshaped))]
+    for rate in args.rates:
+        pred, _ = predict_step(rows[0], unshaped, bw[None], bw[rate], n)
+        k = shaped_steps(args, pred)
+        cluster.shape(rate)
+        try:
+            r = runner.run(spec, d, step, k, None, f"{name}-{fmt_rate(rate)}-{d}")
+        finally:
+            cluster.shape(None)
+        if "failed" in r:
+            raise Failed(f"{name} at {fmt_rate(rate)}, d = {d}: {r['failed']}")
+        rows.append(dict(base, rate_bps=rate, steps_timed=k, **_measured(r)))
+    for row in rows:
+        row["t_eps_s"] = row["iterations"] * row["s_per_step"]
+        pred, net = predict_step(row, unshaped, bw[None], bw[row["rate_bps"]], n)
+        row["pred_s_per_step"], row["pred_network_share"] = pred, net / pred if pred else 0
+        row["pred_t_eps_s"] = iters * pred
+    log("  " + ", ".join(f"{fmt_rate(r['rate_bps'])} {r['s_per_step'] * 1e3:.1f} ms"
+                         for r in rows) + f"  per step: {name}, d = {d}, {iters} iterations")
+    return rows
 
 
 def _measured(r):
@@ -527,6 +549,8 @@ def table(result, predict):
             lines.append(f"  iterations at this d are carried over from d = {entry['eps_dim']} "
                          f"(same spectrum and seed; see the README)")
         lines += _verdicts(entry)
+    for name, why in result.get("left_out", {}).items():
+        lines.append(f"left out: {name}: {why}")
     return "\n".join(lines)
 
 
