@@ -344,7 +344,10 @@ def tune(runner, name, spec, d, target, args, log):
     fixed = alg.get("stepsize") not in (None, "theory") if spec["kind"] == "psgd" else False
     grid = [float(alg["stepsize"]) * args.L] if fixed else args.grid
     best, tried = None, []
+    skip_numeric = False
     for step in grid:
+        if skip_numeric and step != "theory":
+            continue
         cap = best["iterations"] if best else args.max_iters
         r = runner.run(spec, d, step, cap, target, f"{name}-tune-{step}")
         ok = "failed" not in r and r["status"] == "converged"
@@ -354,11 +357,9 @@ def tune(runner, name, spec, d, target, args, log):
             + (f"{r['iterations']} iterations" if ok else tried[-1]["why"][:120]))
         if ok and (best is None or r["iterations"] < best["iterations"]):
             best = dict(r, grid_step=step)
-        elif ok and step != "theory":
-            # iterations grow again below the best step; smaller ones are slower still
-            if "theory" in grid:
-                continue
-            break
+        elif best is not None:
+            # below the best step iterations grow again: smaller grid steps are slower still
+            skip_numeric = True
     return best, tried
 
 
@@ -638,7 +639,8 @@ def worker_compute_s(spec, d, n, args, reps=3):
     from . import config
     from .launch import build_context
 
-    if spec["kind"] == "allreduce":
+    grad_only = spec["kind"] == "allreduce"
+    if grad_only:
         spec = METHODS["gd"]
     cfg = config.validate(_psgd_config(spec, d, "theory", 1, None, args, "unused"))
     ctx = build_context(cfg, n)
@@ -651,7 +653,7 @@ def worker_compute_s(spec, d, n, args, reps=3):
     for _ in range(reps):
         t0 = time.perf_counter()
         g = obj.grad(x)
-        if spec is METHODS["gd"]:
+        if grad_only:
             times.append(time.perf_counter() - t0)
             continue
         v = ctx.alg.worker_vector(ws, g)
