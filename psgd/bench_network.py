@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,17 +61,17 @@ METHODS = {
     "allreduce-f64": {"kind": "allreduce", "dtype": "float64"},
     "allreduce-f32": {"kind": "allreduce", "dtype": "float32"},
     "gd": _m("gd"),
-    "diana-ternary": _m("diana", TERNARY),
+    "diana-natural+natural": _m("diana", NATURAL, NATURAL),
     "diana-ternary+ternary": _m("diana", TERNARY, TERNARY),
-    "diana-ternary+natural": _m("diana", TERNARY, NATURAL),
+    "diana-ternary": _m("diana", TERNARY),
     "dqgd-ternary+ternary": _m("dqgd", TERNARY, TERNARY),
     "ef21-ternary+ternary": _m("ef21", TERNARY, TERNARY),
     "diana-rd4+rd4": _m("diana", _rd(4), _rd(4)),
     "diana-rd8+rd8": _m("diana", _rd(8), _rd(8)),
-    "diana-natural+natural": _m("diana", NATURAL, NATURAL),
-    "dqgd-natural+natural": _m("dqgd", NATURAL, NATURAL),
-    "ef21-topk+topk": _m("ef21", TOPK, TOPK),
     "ef21-sign+sign": _m("ef21", SIGN, SIGN),
+    "ef21-topk+topk": _m("ef21", TOPK, TOPK),
+    "dqgd-natural+natural": _m("dqgd", NATURAL, NATURAL),
+    "diana-ternary+natural": _m("diana", TERNARY, NATURAL),
 }
 
 
@@ -102,6 +103,10 @@ def _parser():
     p.add_argument("--eps-dim", type=float, default=None,
                    help="d at which iterations to eps are measured (default: each d itself; "
                         "then the table says the count is carried over)")
+    p.add_argument("--reuse", metavar="NETWORK.json",
+                   help="take each method's step and iterations to eps from an earlier run's "
+                        "network.json (same workers, eps and problem) instead of measuring "
+                        "them again")
     p.add_argument("--eps", type=float, default=1e-6, help="relative to f(x0) - f*")
     p.add_argument("--mu", type=float, default=0.1)
     p.add_argument("--L", type=float, default=1.0)
@@ -177,6 +182,7 @@ def parse_args(argv):
     args.eps_dim = int(args.eps_dim) if args.eps_dim else None
     args.latency_s = _latency(args.latency)
     args.method_specs = _methods(args)
+    args.reused = _reused(args) if args.reuse else {}
     return args
 
 
@@ -252,10 +258,9 @@ class Runner:
         cmd = self.cl.mpmd(self.mpiexec, argvs)
         try:
             proc = netemu.run_job(cmd, self.args.timeout, env=self.cl.env(), cwd=self.work)
-        except TimeoutError:
-            raise
-        except Exception as exc:  # subprocess.TimeoutExpired and friends
-            raise Failed(f"{what}: {type(exc).__name__}: {exc}") from None
+        except subprocess.TimeoutExpired:
+            raise Failed(f"{what}: no end within --timeout {self.args.timeout:g} s; its ranks "
+                         f"were killed") from None
         return proc
 
     def _dir(self, tag):
@@ -338,6 +343,25 @@ def _target(d, args):
     return args.eps * gap, gap
 
 
+def _reused(args):
+    """{method: (grid step, to-eps record)} from an earlier network.json."""
+    try:
+        with open(args.reuse) as fh:
+            prev = json.load(fh)
+        same = {k: prev[k] for k in ("workers", "eps", "mu", "L")}
+        if same != {"workers": args.workers, "eps": args.eps, "mu": args.mu, "L": args.L}:
+            raise Usage(f"--reuse {args.reuse}: made with {same}; this run has workers = "
+                        f"{args.workers}, eps = {args.eps}, mu = {args.mu}, L = {args.L}")
+        entry = prev["dims"][0]
+        rows = [r for r in entry["rows"] if r["rate_bps"] is None]
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        raise Usage(f"--reuse {args.reuse}: not a network.json ({exc})") from None
+    args.eps_dim = entry["eps_dim"]
+    return {r["method"]: (r["grid_step"], {"status": "converged", "iterations": r["iterations"],
+                                           "stepsize": r["stepsize"], "reused": args.reuse})
+            for r in rows}
+
+
 def tune(runner, name, spec, d, target, args, log):
     """The grid step with the fewest iterations to eps at d (unshaped); its run is kept."""
     alg = spec.get("algorithm", {})
@@ -384,56 +408,67 @@ def predict_step(row, unshaped, bw_unshaped, bw, n):
     return compute + net, net
 
 
-def bench(args, cluster, work, log):
+def bench(args, cluster, work, log, save=lambda result: None):
+    """Method by method: step search, iterations to eps, then the unshaped and shaped rows at
+    every d; ``save(result)`` after each method, so an interrupted run keeps what it measured."""
     runner = Runner(cluster, args, work)
-    n = args.workers
-    result = {"netns_prefix": cluster.prefix, "workers": n, "eps": args.eps, "mu": args.mu,
-              "L": args.L, "rates_bps": args.rates, "latency_note":
+    result = {"netns_prefix": cluster.prefix, "workers": args.workers, "eps": args.eps,
+              "mu": args.mu, "L": args.L, "rates_bps": args.rates, "latency_note":
               "bandwidth only: the emulated links add no latency (no netem in this kernel); "
               "latency appears only in the cost model", "calibration": [], "dims": []}
-    # steps: searched once, at tune_dim, unshaped
-    tgt_tune, _ = _target(args.tune_dim, args)
-    chosen, tuned_runs, left_out = {}, {}, {}
-    result["left_out"] = left_out
-    log(f"step sizes: grid {args.grid} (x 1/L) searched unshaped at d = {args.tune_dim}")
+    chosen, tuned_runs, left_out, to_eps_runs = {}, {}, {}, {}
+    result.update(left_out=left_out, steps=chosen)
+    for d in args.dim_list:
+        target, gap = _target(d, args)
+        result["dims"].append({"d": d, "target": target, "f0_minus_fstar": gap,
+                               "eps_dim": args.eps_dim or d, "rows": []})
+    tgt_tune = bw = None
     for name, spec in args.method_specs.items():
-        best, tried = tune(runner, name, spec, args.tune_dim, tgt_tune, args, log)
-        if best is None:
-            left_out[name] = (f"no step of the grid reached eps at d = {args.tune_dim} "
-                              f"({tried[-1]['why']})")
-            log(f"  left out {name}: {left_out[name]}")
-            continue
-        chosen[name] = {"step": best["grid_step"], "tried": tried}
-        tuned_runs[name] = best
+        if name in args.reused:
+            step, to_eps = args.reused[name]
+            chosen[name] = {"step": step, "tried": f"reused from {args.reuse}"}
+            to_eps_runs[name, args.eps_dim] = to_eps
+            log(f"  {name}: step and iterations to eps reused from {args.reuse}")
+        else:
+            if tgt_tune is None:  # steps: searched at tune_dim, unshaped
+                tgt_tune, _ = _target(args.tune_dim, args)
+                log(f"step sizes: grid {args.grid} (x 1/L) searched unshaped at "
+                    f"d = {args.tune_dim}")
+            best, tried = tune(runner, name, spec, args.tune_dim, tgt_tune, args, log)
+            if best is None:
+                left_out[name] = (f"no step of the grid reached eps at d = {args.tune_dim} "
+                                  f"({tried[-1]['why']})")
+                log(f"  left out {name}: {left_out[name]}")
+                continue
+            chosen[name] = {"step": best["grid_step"], "tried": tried}
+            tuned_runs[name] = best
+        if bw is None:
+            bw = calibrate(runner, result, log)
+        for entry in result["dims"]:
+            try:
+                entry["rows"] += measure(runner, name, spec, entry["d"], chosen[name],
+                                         tuned_runs, to_eps_runs, bw, args, log)
+            except Failed as exc:
+                left_out[f"{name} at d = {entry['d']}"] = str(exc)
+                log(f"  left out {name} at d = {entry['d']}: {exc}")
+            _ratios(entry["rows"])
+        save(result)
     if not chosen:
         raise Failed("no method reached eps: "
                      + "; ".join(f"{k}: {v}" for k, v in left_out.items()))
+    return result
 
-    for rate in [None] + list(args.rates):
-        cluster.shape(rate)
+
+def calibrate(runner, result, log):
+    """The ping-pong row at every condition; {rate or None: measured bits/s}."""
+    for rate in [None] + list(runner.args.rates):
+        runner.cl.shape(rate)
         pp = runner.pingpong(rate)
         result["calibration"].append({"rate_bps": rate, **pp})
         log(f"calibration ping-pong {fmt_rate(rate):>9}: {pp['bandwidth_bps'] / 1e6:9.1f} Mbit/s "
             f"({pp['nbytes'] >> 20} MiB messages, median of 3 round trips)")
-    cluster.shape(None)
-    bw = {c["rate_bps"]: c["bandwidth_bps"] for c in result["calibration"]}
-
-    to_eps_runs = {}
-    for d in args.dim_list:
-        target, gap = _target(d, args)
-        eps_d = args.eps_dim or d
-        entry = {"d": d, "target": target, "f0_minus_fstar": gap, "eps_dim": eps_d, "rows": []}
-        result["dims"].append(entry)
-        for name in chosen:
-            try:
-                entry["rows"] += measure(runner, name, args.method_specs[name], d, chosen[name],
-                                         tuned_runs, to_eps_runs, bw, args, log)
-            except Failed as exc:
-                left_out[f"{name} at d = {d}"] = str(exc)
-                log(f"  left out {name} at d = {d}: {exc}")
-        _ratios(entry["rows"])
-    result["steps"] = chosen
-    return result
+    runner.cl.shape(None)
+    return {c["rate_bps"]: c["bandwidth_bps"] for c in result["calibration"]}
 
 
 def measure(runner, name, spec, d, chosen, tuned_runs, to_eps_runs, bw, args, log):
@@ -443,10 +478,10 @@ def measure(runner, name, spec, d, chosen, tuned_runs, to_eps_runs, bw, args, lo
     eps_d = args.eps_dim or d
     step = chosen["step"]
     # iterations to eps: the unshaped run to eps (the tuning run when it is the same)
-    if eps_d == args.tune_dim:
-        to_eps = tuned_runs[name]
-    elif (name, eps_d) in to_eps_runs:
+    if (name, eps_d) in to_eps_runs:
         to_eps = to_eps_runs[name, eps_d]
+    elif eps_d == args.tune_dim:
+        to_eps = tuned_runs[name]
     else:
         to_eps = runner.run(spec, eps_d, step, args.max_iters, _target(eps_d, args)[0],
                             f"{name}-eps-{eps_d}")
@@ -456,7 +491,7 @@ def measure(runner, name, spec, d, chosen, tuned_runs, to_eps_runs, bw, args, lo
                      f"({to_eps.get('failed', to_eps['status'])})")
     iters = to_eps["iterations"]
     # unshaped timing at d: the to-eps run itself when it was at d, else a short run
-    if d == eps_d:
+    if d == eps_d and "reused" not in to_eps:
         unshaped = to_eps
     else:
         unshaped = runner.run(spec, d, step, args.steps, None, f"{name}-unshaped-{d}")
@@ -466,6 +501,7 @@ def measure(runner, name, spec, d, chosen, tuned_runs, to_eps_runs, bw, args, lo
     base = {"method": name, "kind": kind, "d": d, "grid_step": step,
             "stepsize": to_eps["stepsize"], "iterations": iters,
             "iterations_source": f"measured unshaped at d = {eps_d}"
+            + (f" by an earlier run ({to_eps['reused']})" if "reused" in to_eps else "")
             + (" (carried over to this d)" if eps_d != d else "")}
     rows = [dict(base, rate_bps=None, **_measured(unshaped))]
     for rate in args.rates:
@@ -585,22 +621,43 @@ def crossover(rates, psgd_t, ar_t):
     return None
 
 
-def plot(result, path):
+def _model_curves(result, entry, points=40):
+    """The cost model's time to eps over a continuous range of rates, per method (a = 0).
+    The link's payload rate is the nominal rate times the calibrated efficiency."""
+    cal = [c for c in result["calibration"] if c["rate_bps"]]
+    eff = float(np.median([c["bandwidth_bps"] / c["rate_bps"] for c in cal]))
+    bw_unshaped = next(c["bandwidth_bps"] for c in result["calibration"] if not c["rate_bps"])
+    lo, hi = min(result["rates_bps"]) / 2, max(result["rates_bps"]) * 2
+    rates = np.geomspace(lo, hi, points)
+    curves = {}
+    for u in (r for r in entry["rows"] if r["rate_bps"] is None):
+        t = [u["iterations"] * predict_step(u, u, bw_unshaped, eff * b, result["workers"])[0]
+             for b in rates]
+        curves[u["method"]] = (rates, t)
+    return curves
+
+
+def plot(result, path, predict=False):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     dims = result["dims"]
     fig, axes = plt.subplots(1, len(dims), figsize=(6.5 * len(dims), 5), squeeze=False)
     for ax, entry in zip(axes[0], dims):
         rows = [r for r in entry["rows"] if r["rate_bps"]]
         rates = sorted({r["rate_bps"] for r in rows})
+        model = _model_curves(result, entry) if predict else {}
         for name in dict.fromkeys(r["method"] for r in rows):
             pts = sorted((r["rate_bps"], r["t_eps_s"]) for r in rows if r["method"] == name)
             style = "-o" if name.startswith("allreduce") else "-s"
             lw = 2.5 if name in ("allreduce-f64", "gd") else 1.2
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, lw=lw, ms=4, label=name)
+            (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], style, lw=lw, ms=4,
+                              label=name)
+            if name in model:
+                ax.plot(*model[name], ":", color=line.get_color(), lw=1)
         best = [_best_psgd(rows, rate) for rate in rates]
         ar = {r["rate_bps"]: r["t_eps_s"] for r in rows if r["method"] == "allreduce-f64"}
         if ar and all(best):
@@ -615,7 +672,10 @@ def plot(result, path):
                              + " at every measured rate", fontsize=9, loc="right")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("link rate (bits/s), every node's NIC, both ways")
+        ax.set_xticks(rates, [fmt_rate(q) for q in rates])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("link rate (bits/s), every node's NIC, both ways"
+                      + ("; dotted: cost model" if predict else ""))
         ax.set_ylabel(f"time to eps = {result['eps']:g} (f(x0) - f*)  [s]")
         ax.set_title(f"d = {entry['d']}, {result['workers']} workers", loc="left")
         ax.grid(True, which="both", alpha=0.3)
@@ -751,7 +811,7 @@ def main(argv) -> int:
                 netemu.Cluster(args.workers + 1) as cluster:
             log(f"emulated cluster: {cluster.n} namespaces {cluster.prefix}0..{cluster.n - 1} on "
                 f"bridge namespace {cluster.bridge}; removed when the benchmark ends")
-            result = bench(args, cluster, work, log)
+            result = bench(args, cluster, work, log, lambda res: _save(res, args))
             # keep the run directories: they are the evidence behind every row
             kept = os.path.join(args.out, "runs")
             _keep_runs(result, work, kept)
@@ -766,16 +826,23 @@ def main(argv) -> int:
         result["projection"] = projection(result, args, log)
         text += "\n" + "\n".join(projection_table(result["projection"]))
     print(text)
+    _save(result, args, final=True)
     with open(os.path.join(args.out, "table.txt"), "w") as fh:
         fh.write(text + "\n")
-    with open(os.path.join(args.out, "network.json"), "w") as fh:
-        json.dump(result, fh, indent=1)
     try:
-        plot(result, os.path.join(args.out, "network.png"))
+        plot(result, os.path.join(args.out, "network.png"), args.predict)
     except ImportError as exc:
         print(f"psgd bench network: no PNG (needs matplotlib: {exc})", file=sys.stderr)
     print(f"wrote {args.out}/table.txt, network.json, network.png")
     return 0
+
+
+def _save(result, args, final=False):
+    """network.json and table.txt as they stand (after every method, and at the end)."""
+    with open(os.path.join(args.out, "network.json"), "w") as fh:
+        json.dump(dict(result, complete=final), fh, indent=1)
+    with open(os.path.join(args.out, "table.txt"), "w") as fh:
+        fh.write(table(result, args.predict) + "\n")
 
 
 def _keep_runs(result, work, dest):

@@ -42,7 +42,7 @@ def test_tiny_grid_end_to_end(tmp_path):
     methods = "allreduce-f64,gd,diana-natural+natural"
     proc = subprocess.run(BENCH + TINY + ["--methods", methods, "--predict",
                                           "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=150, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     prefix = _prefix(proc.stdout)
     assert _namespaces(prefix) == []
