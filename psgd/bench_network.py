@@ -107,6 +107,9 @@ def _parser():
                    help="take each method's step and iterations to eps from an earlier run's "
                         "network.json (same workers, eps and problem) instead of measuring "
                         "them again")
+    p.add_argument("--from-json", metavar="NETWORK.json",
+                   help="run nothing: the table, projection and PNG of an earlier (possibly "
+                        "interrupted) run's network.json")
     p.add_argument("--eps", type=float, default=1e-6, help="relative to f(x0) - f*")
     p.add_argument("--mu", type=float, default=0.1)
     p.add_argument("--L", type=float, default=1.0)
@@ -734,7 +737,9 @@ def projection(result, args, log):
     unshaped = {r["method"]: r for r in entry["rows"] if r["rate_bps"] is None}
     per = {}
     for name, r in unshaped.items():
-        spec = args.method_specs[name]
+        spec = args.method_specs.get(name) or METHODS.get(name)
+        if spec is None:  # a --configs method of an earlier run: its spec is not stored
+            continue
         t_w = worker_compute_s(spec, d0, n0, args) / d0
         sm = r["server_ms"]
         t_s = 0.0 if sm is None else 1e-3 * (sm["decode"] + sm["apply"] + sm["encode"]) / d0
@@ -794,6 +799,9 @@ def projection_table(proj):
 def main(argv) -> int:
     try:
         args = parse_args(argv)
+        if args.from_json:
+            result = _load_json(args)
+            return finish(result, args, print)
         netemu.check_available()
     except Usage as exc:
         print(f"psgd bench network: error: {exc}", file=sys.stderr)
@@ -819,14 +827,32 @@ def main(argv) -> int:
         print(f"psgd bench network: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("psgd bench network: interrupted; emulated network removed", file=sys.stderr)
+        print(f"psgd bench network: interrupted; emulated network removed; what was measured "
+              f"is in {args.out}/network.json (psgd bench network --from-json it)",
+              file=sys.stderr)
         return 130
+    return finish(result, args, log)
+
+
+def _load_json(args):
+    try:
+        with open(args.from_json) as fh:
+            result = json.load(fh)
+        args.workers, args.rates = result["workers"], result["rates_bps"]
+        args.out = os.path.dirname(os.path.abspath(args.from_json))
+    except (OSError, ValueError, KeyError) as exc:
+        raise Usage(f"--from-json {args.from_json}: not a network.json ({exc})") from None
+    return result
+
+
+def finish(result, args, log):
+    """Table (+ predictions and projection), JSON and PNG of a result; exit code 0."""
     text = table(result, args.predict)
     if args.predict:
         result["projection"] = projection(result, args, log)
         text += "\n" + "\n".join(projection_table(result["projection"]))
     print(text)
-    _save(result, args, final=True)
+    _save(result, args, final=result.get("complete", True))
     with open(os.path.join(args.out, "table.txt"), "w") as fh:
         fh.write(text + "\n")
     try:
