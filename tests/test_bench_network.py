@@ -87,6 +87,13 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert (tmp_path / "network.png").stat().st_size > 10000
     assert len(res["projection"]["rows"]) == 3 * 4 * 4
 
+    # --from-json renders the same measured table again without running anything
+    again = subprocess.run(BENCH + ["--from-json", str(tmp_path / "network.json"), "--predict"],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    measured = [ln for ln in table.splitlines() if ln.startswith("gd ")]
+    assert measured and all(ln[:110] in again.stdout for ln in measured)
+
 
 @needs_emulation
 def test_failed_run_removes_the_network(tmp_path):
