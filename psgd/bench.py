@@ -15,8 +15,10 @@ BENCHMARKS = {
                                     "every compressor against its NumPy twin and np.copyto"),
     "frontier": ("psgd.bench_frontier", "measured bits per coordinate and variance of every "
                                         "compressor beside the lower bounds (--out FIG.png)"),
-    "runtime": ("psgd.bench_runtime", "steps/s and the server's time split, sync and async, "
+    "runtime": ("psgd.bench_runtime", "steps/s and each server's time split, sync and async, "
                                       "against an MPI.Allreduce data-parallel baseline"),
+    "network": ("psgd.bench_network", "time to accuracy on an emulated cluster network (needs "
+                                      "root) against Allreduce GD, with a cost model"),
 }
 
 
