@@ -77,6 +77,10 @@ class Metrics:
         return self.time_offset + time.perf_counter() - self.t0
 
     def evaluate(self, x) -> dict:
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging x is an outcome
+            return self._evaluate(x)
+
+    def _evaluate(self, x) -> dict:
         ctx = self.ctx
         smooth, grad = ctx.ps.global_objective.value_and_grad(x)
         loss = float(smooth + ctx.ps.reg.value(x))
@@ -96,6 +100,10 @@ class Metrics:
 
     def check(self, server):
         """After every update: (status, reason) when the run must end, else None."""
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow here is the verdict
+            return self._check(server)
+
+    def _check(self, server):
         x = server.state.x
         if not np.isfinite(np.dot(x, x)):
             return "failed", f"the model holds NaN or Inf after step {server.state.step}"

@@ -134,8 +134,12 @@ def test_diverging_gradient_ends_job_naming_worker_and_step(run_psgd):
     cfg["algorithm"] = {"name": "gd", "stepsize": 1.0e3}
     cfg["compressor"] = {"name": "identity"}
     res = run_psgd(3, cfg, timeout=60)
-    assert res.returncode != 0
-    assert "NaN or Inf" in res.stderr and "worker" in res.stderr and "step" in res.stderr
+    # the server sees the model go non-finite before any worker's gradient does: a failed
+    # outcome (issue 16), one line naming the step, and a summary
+    assert res.returncode == 1
+    assert "NaN or Inf" in res.stderr and "step" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.summary["status"] == "failed"
 
 
 def test_silent_worker_ends_job_within_timeout(run_psgd):
