@@ -104,12 +104,12 @@ class Spherical(Compressor):
     codec_id = 21
     unbiased = False
     shared_randomness = True
-    # encode draws about d/P(alpha, d_b) Gaussians: (0.5, 4) is cheap at d = 10^7, the
-    # 8- and 16-blocks only at small d (psgd bench codecs skips what exceeds its budget)
+    # encode draws about 1/P(alpha, d_b) Gaussians per coordinate: 11 for (0.5, 4), 406 for
+    # (0.3, 8); (0.5, 16) would take 1331 and (0.1, 8) 20867, too slow for the fuzzer's and
+    # the tests' many encodes (measure those with psgd bench frontier --only spherical ...)
     examples = (
         {"alpha": 0.5, "block_size": 4}, {"alpha": 0.2, "block_size": 4},
         {"alpha": 0.1, "block_size": 4}, {"alpha": 0.3, "block_size": 8},
-        {"alpha": 0.1, "block_size": 8}, {"alpha": 0.5, "block_size": 16},
         {"alpha": 0.9, "block_size": 16},
     )
     params = {
