@@ -123,10 +123,11 @@ class Worker:
     def _gradient(self, version):
         if self.delay:
             time.sleep(self.delay)
-        if self.batch_size is None:
-            g = self.objective.grad(self.x)
-        else:
-            g = self.objective.stochastic_grad(self.x, self.batch_size, self.batch_rng)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported just below, in one line
+            if self.batch_size is None:
+                g = self.objective.grad(self.x)
+            else:
+                g = self.objective.stochastic_grad(self.x, self.batch_size, self.batch_rng)
         if not np.all(np.isfinite(g)):
             raise RunError(f"worker {self.j}: the gradient at its step {self.gradients_sent} "
                            f"(model version {version}) contains NaN or Inf")
