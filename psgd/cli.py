@@ -32,6 +32,8 @@ def _parser():
     r.add_argument("--out", help="output directory (overrides output.dir)")
     r.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in the output directory")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in the output directory")
 
     v = sub.add_parser("validate", help="load and validate a config; print the resolved config")
     v.add_argument("config")
@@ -51,7 +53,8 @@ def main(argv=None) -> int:
         if args.command == "run":
             from .launch import run
 
-            return run(args.config, args.set, out=args.out, resume=args.resume)
+            return run(args.config, args.set, out=args.out, resume=args.resume,
+                       overwrite=args.overwrite)
         if args.command == "validate":
             from .config import dump, load
 

@@ -206,7 +206,7 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path, small_disk
     line = next(l for l in err.splitlines() if "could not be written" in l)
     kept = checkpoint.latest(str(out))
     assert "No space left on device" in line and f"(step {kept}) is intact" in line
-    assert "x" in checkpoint.load_arrays(str(checkpoint.step_dir(str(out), kept) + "/server.npz"))
+    assert "alg.x" in checkpoint.load_arrays(str(checkpoint.step_dir(str(out), kept) + "/server.npz"))
     (small_disk / "filler").unlink()
     code, _, err = finish(start(tmp_path, out, "--resume", "--set", f"run.iterations={kept + 30}"))
     assert code == 0, err
