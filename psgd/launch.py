@@ -52,13 +52,16 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False,
     except Exception as exc:  # noqa: BLE001 - re-raised in the setup round
         cfg_error = exc
     timeout = cfg["run"]["timeout_s"] if cfg else config.RUN_SPEC["timeout_s"].default
-    watchdog = startup.Watchdog(startup.deadline_s(startup.rank_from_env(), timeout), timeout,
-                                on_fire=remove_own_shm)
+    watchdog = None
+    if "mpi4py.MPI" not in sys.modules:  # (a caller that imported MPI has initialised it)
+        watchdog = startup.Watchdog(startup.deadline_s(startup.rank_from_env(), timeout),
+                                    timeout, on_fire=remove_own_shm)
     from mpi4py import MPI  # MPI_Init: waits for every rank of the job
 
     from .comm import allreduce_max
 
-    watchdog.cancel()
+    if watchdog is not None:
+        watchdog.cancel()
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     if size < 2:
