@@ -57,6 +57,8 @@ def _parser():
     r.add_argument("--out", help="output directory (overrides output.dir)")
     r.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in the output directory")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in the output directory")
 
     v = sub.add_parser("validate", help="check a config as psgd run would; print it resolved",
                        description="Load and check a config without MPI and print it with every "
@@ -110,7 +112,8 @@ def main(argv=None) -> int:
         if args.command == "run":
             from .launch import run
 
-            return run(args.config, args.set, out=args.out, resume=args.resume)
+            return run(args.config, args.set, out=args.out, resume=args.resume,
+                       overwrite=args.overwrite)
         if args.command == "validate":
             return _validate(args)
         if args.command == "list":

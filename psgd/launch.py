@@ -1,14 +1,19 @@
 """``psgd run``: decide each rank's role, build the run, and never hang on an error.
 
-Every rank loads the config and builds the same problem deterministically; rank 0
-also solves for f* to high accuracy. A non-blocking all-reduce then tells every rank
-whether setup failed anywhere, so a bad config or data path ends all ranks with exit
-2 and one line. After setup, an unhandled exception on any rank prints one line
-naming the rank and calls ``MPI.COMM_WORLD.Abort(1)``, which ends the whole job.
+Every rank loads the config, then meets the others within ``run.timeout_s`` (a watchdog
+before MPI_Init, a start-up barrier after it: :mod:`psgd.startup`). Rank 0 locks and
+checks the output directory (:mod:`psgd.rundir`) before anything is launched. Every rank
+builds the same problem deterministically; rank 0 also solves for f* to high accuracy. A
+non-blocking all-reduce then tells every rank whether setup failed anywhere, so a bad
+config or data path ends all ranks with exit 2 and one line; with ``--resume`` the ranks
+then agree on the newest checkpoint whose every file is intact. After setup, an
+unhandled exception on any rank prints one line naming the rank, removes the job's
+shared memory and calls ``MPI.COMM_WORLD.Abort(1)``, which ends the whole job.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -17,8 +22,9 @@ import traceback
 
 import numpy as np
 
-from . import checkpoint, config, metrics, problems
-from .errors import ConfigError, DataFormatError, PsgdError
+from . import checkpoint, config, metrics, problems, startup
+from .errors import ConfigError, DataFormatError, PsgdError, RunError
+from .rundir import RunDir
 from .runtime import RunContext, build_context
 from .transport import Roles
 
@@ -33,20 +39,42 @@ def _launch_hint(path):
             f"launch it with e.g.: mpiexec -n 5 psgd run {path}   (or srun -n 5 psgd run {path})")
 
 
-def run(path: str, overrides=(), out: str | None = None, resume: bool = False) -> int:
-    from mpi4py import MPI
+def run(path: str, overrides=(), out: str | None = None, resume: bool = False,
+        overwrite: bool = False) -> int:
+    t_start = time.monotonic()
+    # The config comes first, without MPI: it says how long start-up may take. Its errors
+    # are reported in the setup round below, like every other setup failure.
+    cfg, cfg_error = None, None
+    try:
+        cfg = config.load(path, overrides)
+        if out is not None:
+            cfg["output"]["dir"] = out
+    except Exception as exc:  # noqa: BLE001 - re-raised in the setup round
+        cfg_error = exc
+    timeout = cfg["run"]["timeout_s"] if cfg else config.RUN_SPEC["timeout_s"].default
+    watchdog = None
+    if "mpi4py.MPI" not in sys.modules:  # (a caller that imported MPI has initialised it)
+        watchdog = startup.Watchdog(startup.deadline_s(startup.rank_from_env(), timeout),
+                                    timeout, on_fire=remove_own_shm)
+    from mpi4py import MPI  # MPI_Init: waits for every rank of the job
 
     from .comm import allreduce_max
 
+    if watchdog is not None:
+        watchdog.cancel()
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     if size < 2:
         print(f"psgd: error: {_launch_hint(path)}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        startup.barrier(comm, t_start + startup.deadline_s(rank, timeout), timeout)
+    except RunError as exc:
+        _abort(comm, f"psgd: error on rank {rank}: {exc}")
 
     # -- setup on every rank, then agree on whether it worked ---------------------------
     code, message = EXIT_OK, ""
-    ctx = resume_step = None
+    ctx = rundir = None
     # The server turns SIGTERM/SIGUSR1 (SLURM's warning before the time limit) into
     # "checkpoint and stop"; workers must survive the signal until the server stops them.
     received = []
@@ -59,15 +87,15 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False) -
     for sig in STOP_SIGNALS:
         signal.signal(sig, on_stop_signal)
     try:
-        cfg = config.load(path, overrides)
-        if out is not None:
-            cfg["output"]["dir"] = out
-        if resume:
-            resume_step = checkpoint.check_resumable(cfg["output"]["dir"], cfg)
+        if cfg_error is not None:
+            raise cfg_error
         roles = Roles.layout(size, cfg["run"]["servers"])
         if roles.n_workers < 1:
             raise ConfigError(f"run.servers: got {cfg['run']['servers']} with {size} ranks; "
                               f"allowed: fewer servers than ranks (the others are workers)")
+        if rank == 0:  # the output directory is rank 0's: locked and checked before launch
+            rundir = RunDir.claim(cfg["output"]["dir"], cfg, roles.n_workers, resume=resume,
+                                  overwrite=overwrite)
         ctx = build_context(cfg, roles)
         if roles.of(rank) == ("server", 0):  # f* to high accuracy; its failures are setup failures
             t_solve = time.perf_counter()
@@ -82,33 +110,108 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False) -
         code, message = EXIT_FAILED, f"psgd: rank {rank}: setup failed: {type(exc).__name__}: {exc}"
         if os.environ.get("PSGD_DEBUG"):
             traceback.print_exc()
-    # MAX over ranks of code (+16*code on rank 0, so everyone learns whether rank 0 failed
-    # and only one rank prints when all fail the same way)
-    worst = allreduce_max(comm, code + 16 * (code if rank == 0 else 0), 600, "setup on all ranks")
-    if worst:
-        rank0_failed = worst >= 16
-        if code and (rank == 0 or not rank0_failed):
-            print(message, file=sys.stderr, flush=True)
-        return worst % 16
+    try:
+        # MAX over ranks of code (+16*code on rank 0, so everyone learns whether rank 0
+        # failed and only one rank prints when all fail the same way)
+        worst = allreduce_max(comm, code + 16 * (code if rank == 0 else 0), 600,
+                              "setup on all ranks")
+        if worst:
+            rank0_failed = worst >= 16
+            if code and (rank == 0 or not rank0_failed):
+                print(message, file=sys.stderr, flush=True)
+            return worst % 16
+        resume_step = _agree_resume_step(comm, ctx, rank) if resume else None
+        if resume and resume_step is None:
+            return EXIT_USAGE
+        return _run(comm, ctx, rank, rundir, resume_step, received, path)
+    finally:
+        if rundir is not None:
+            rundir.release()
 
-    # -- the run; any exception from here on aborts the whole job ---------------------
+
+def _run(comm, ctx, rank, rundir, resume_step, received, path) -> int:
+    """The run; any exception from here on aborts the whole job."""
     role, index = ctx.roles.of(rank)
     try:
         if role == "server" and index > 0:
             return _run_range_server(comm, ctx, index, received)
         if role == "server":
+            rundir.start()
             return _run_server(comm, ctx, resume_step, received, path)
         return _run_worker(comm, ctx, index, resume_step)
     except BaseException as exc:  # noqa: BLE001
         text = str(exc) if isinstance(exc, PsgdError) else f"{type(exc).__name__}: {exc}"
-        print(f"psgd: error on rank {rank} ({ctx.roles.name(rank)}): {text}", file=sys.stderr,
-              flush=True)
         if os.environ.get("PSGD_DEBUG") or not isinstance(exc, PsgdError):
             traceback.print_exc()
-        sys.stderr.flush()
-        time.sleep(0.5)  # let mpiexec forward that line before Abort tears the job down
-        comm.Abort(EXIT_FAILED)
+        if rundir is not None:
+            rundir.release()
+        _abort(comm, f"psgd: error on rank {rank} ({ctx.roles.name(rank)}): {text}")
         return EXIT_FAILED
+
+
+def _abort(comm, line: str) -> None:
+    """Say why on one line, remove this job's shared memory, and end every rank."""
+    print(line, file=sys.stderr, flush=True)
+    sys.stderr.flush()
+    remove_own_shm()
+    time.sleep(0.5)  # let mpiexec forward that line before Abort tears the job down
+    comm.Abort(EXIT_FAILED)
+
+
+def own_shm_segments(pid="self") -> list:
+    """The MPICH shared-memory segments process ``pid`` has mapped: its job's, no other's.
+
+    MPICH names them /dev/shm/mpich_shm_*, maps them into every rank of a node and unlinks
+    them in MPI_Finalize, which an aborted job never reaches.
+    """
+    found = []
+    try:
+        with open(f"/proc/{pid}/maps") as fh:
+            for line in fh:
+                fields = line.split(None, 5)
+                name = fields[5].strip() if len(fields) == 6 else ""
+                if name.startswith("/dev/shm/mpich_shm_") and name not in found:
+                    found.append(name)  # an unlinked one reads "... (deleted)": not matched
+    except OSError:
+        pass  # no /proc (not Linux): nothing we can identify safely
+    return found
+
+
+def remove_own_shm(pid="self") -> None:
+    for name in own_shm_segments(pid):
+        try:
+            os.unlink(name)
+        except OSError:
+            pass  # another rank of this node removed it first
+
+
+def _agree_resume_step(comm, ctx, rank):
+    """The newest kept checkpoint whose every file is intact, agreed by all ranks, or None.
+
+    Each rank checks its own file of the latest and of the previous checkpoint (identity and
+    checksum, psgd.checkpoint.verify); a bitwise OR over the ranks tells which are usable.
+    Each rank reports its own damaged files in one line each, saying what happens instead.
+    """
+    from mpi4py import MPI
+
+    from .comm import wait
+
+    out_dir = ctx.cfg["output"]["dir"]
+    steps = checkpoint.candidates(out_dir)[:2]
+    role, j = ctx.roles.of(rank)
+    reasons = checkpoint.verify(out_dir, steps, None if role == "server" else j)
+    mine = sum(1 << i for i, why in enumerate(reasons) if why)
+    send, damaged = np.array([mine], np.int64), np.zeros(1, np.int64)
+    wait(comm.Iallreduce(send, damaged, op=MPI.BOR), 600, "the checkpoint check on all ranks")
+    usable = [i for i in range(len(steps)) if not (int(damaged[0]) >> i) & 1]
+    choice = usable[0] if usable else None
+    for i, why in enumerate(reasons):
+        if why and (choice is None or i < choice):
+            then = (f"resuming from the previous checkpoint (step {steps[choice]}) instead"
+                    if choice is not None else "no earlier complete checkpoint is left")
+            print(f"psgd: {'' if choice is not None else 'error: --resume: '}{why}; {then}",
+                  file=sys.stderr, flush=True)
+    return None if choice is None else steps[choice]
 
 
 def _run_worker(comm, ctx: RunContext, j: int, resume_step) -> int:
@@ -169,9 +272,7 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
 
     cfg = ctx.cfg
     out_dir = cfg["output"]["dir"]
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.yaml"), "w") as fh:
-        fh.write(config.dump(cfg))
+    _write_outputs(out_dir, {"config.yaml": config.dump(cfg).encode()})
     omega = _omega(ctx)
     h = ctx.hyper
     print(f"psgd {cfg['algorithm']['name']} | {cfg['problem']['name']} on {_describe(ctx)} | "
@@ -237,8 +338,10 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
         "server_time_s": {k: round(v, 6) for k, v in server.timers.items()},
         "versions": metrics.versions(),
     }
-    np.save(os.path.join(out_dir, "model.npy"), server.final_x)
-    metrics.write_json(os.path.join(out_dir, "summary.json"), summary)
+    model = io.BytesIO()
+    np.save(model, server.final_x)
+    _write_outputs(out_dir, {"model.npy": model.getvalue(),
+                             "summary.json": metrics.json_bytes(summary)})
     print(f"done: {status} after {summary['iterations']} steps in {wall:.2f} s; "
           f"final subopt {_fmt(summary['final_subopt'], '.3e')}; bits up {metrics.fmt_bits(summary['bits_up_total'])}, "
           f"down {metrics.fmt_bits(summary['bits_down_total'])}; staleness max {summary['staleness_max']}; "
@@ -270,6 +373,15 @@ def _totals(server, ctx):
                      "staleness_hist": t["staleness_hist"],
                      "server_time_s": {k: round(v, 6) for k, v in t["timers"].items()}})
     return counters, staleness, rows
+
+
+def _write_outputs(out_dir: str, files: dict) -> None:
+    """Replace these output files together, or leave every one as it was (RunError)."""
+    from .rundir import replace_files
+
+    step = checkpoint.latest(out_dir)
+    replace_files(out_dir, files, "" if step is None else f"; the checkpoint at step {step} is "
+                                                         f"intact (--resume continues from it)")
 
 
 def _omega(ctx):

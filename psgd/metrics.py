@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from .rundir import AppendFile, atomic_write, write_error
+
 
 def fmt_bits(bits: float) -> str:
     for unit, scale in (("Gb", 1e9), ("Mb", 1e6), ("kb", 1e3)):
@@ -48,7 +50,8 @@ class Metrics:
         self.time_offset = 0.0
         self.last_step = None
         self.last = None
-        self.file = open(self.path, "a" if resume else "w", buffering=1)
+        # one record per write, fsync at checkpoints and at the end (psgd.rundir.AppendFile)
+        self.file = AppendFile(self.path, truncate=not resume)
         x0 = ctx.x0
         self.f0 = float(ctx.ps.loss(x0))
         self.gap0 = None if ctx.f_star is None else self.f0 - ctx.f_star
@@ -57,16 +60,23 @@ class Metrics:
         #: the first update at which run.target held: step, time and bits then
         self.reached = None
 
-    def position(self) -> dict:
-        """Where the metrics stand, for a checkpoint."""
-        self.file.flush()
-        return {"offset": self.file.tell(), "time_s": self.elapsed(), "last": self.last,
-                "reached": self.reached}
+    def position(self) -> tuple:
+        """Where the metrics stand, for a checkpoint: (position, the file's bytes so far)."""
+        self.file.sync()
+        return ({"offset": self.file.tell(), "time_s": self.elapsed(), "last": self.last,
+                 "reached": self.reached}, self.file.read())
 
-    def restore(self, pos: dict) -> None:
-        """Continue from a checkpoint: drop records written after it, keep the clock."""
-        self.file.truncate(pos["offset"])
-        self.file.seek(pos["offset"])
+    def restore(self, pos: dict, data: bytes) -> None:
+        """Continue from a checkpoint: the file becomes exactly the bytes it had then (never
+        padded, whatever happened to it since), and the clock goes on from its time."""
+        if len(data) != pos["offset"]:
+            raise ValueError(f"metrics position {pos['offset']} but {len(data)} bytes saved")
+        self.file.close()
+        try:
+            atomic_write(self.path, data)
+        except OSError as exc:
+            raise write_error(self.path, exc, "the checkpoint holds its records") from None
+        self.file = AppendFile(self.path, truncate=False)
         self.time_offset = pos["time_s"]
         self.t0 = time.perf_counter()
         self.last = pos["last"]
@@ -178,10 +188,10 @@ def versions() -> dict:
             "kernels": "cython" if kernels.HAVE_CYTHON else "numpy"}
 
 
+def json_bytes(obj: dict) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+
+
 def write_json(path: str, obj: dict) -> None:
-    """Write atomically: a reader never sees a half-written file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    """Write atomically (temporary file, fsync, rename): a reader never sees half a file."""
+    atomic_write(path, json_bytes(obj))

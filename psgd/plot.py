@@ -14,7 +14,7 @@ import math
 import sys
 from pathlib import Path
 
-from .rundir import RunDirError, labels, load_runs
+from .results import RunDirError, labels, load_runs
 
 X_CHOICES = ("step", "epoch", "bits", "bits_up", "bits_down", "payload_bits", "time")
 Y_CHOICES = ("subopt", "rel_subopt", "dist2", "loss", "grad_norm", "test_accuracy")

@@ -15,7 +15,7 @@ import io
 import math
 import sys
 
-from .rundir import RunDirError, labels, load_runs
+from .results import RunDirError, labels, load_runs
 
 FORMATS = ("text", "csv", "md")
 METRICS = ("subopt", "rel_subopt", "dist2", "grad_norm")

@@ -168,8 +168,14 @@ class WorkerLink:
         """(buffer, nbytes) of the posted receive, or RunError after ``deadline_s``."""
         from .comm import wait
 
-        wait(self.recv_req, deadline_s, f"a message from the server (worker {self.j})",
-             self.status)
+        try:
+            wait(self.recv_req, deadline_s, f"a message from the server (worker {self.j})",
+                 self.status)
+        except self._MPI.Exception as exc:  # MPI_ERR_TRUNCATE: longer than any valid message
+            raise RunError(f"worker {self.j}: bad message from the server (rank {self.server}): "
+                           f"MPI could not receive it into the {self.recv_buf.size}-byte buffer "
+                           f"that holds the largest valid message "
+                           f"({exc.Get_error_string().splitlines()[0]})") from None
         return self.recv_buf, self.status.Get_count(self._MPI.BYTE)
 
     def test(self) -> bool:

@@ -303,6 +303,10 @@ class Server:
         """Validate and decode worker j's message, queue it, and re-post the receive."""
         t0 = time.perf_counter()
         header, payload = self._parse(j, (wire.GRAD,))
+        if not self.gate.computing[j]:  # one gradient per model sent: a second is an impostor's
+            raise RunError(f"bad message from {self.link.name(j)}: a second gradient (its step "
+                           f"{header.seq}) before it was sent a new model; a worker owes one "
+                           f"gradient per model")
         try:
             self._check_header(j, header)
             msg = steps.decode_message(self.ctx.alg, self.ctx.uplink, payload,
@@ -465,6 +469,7 @@ class Server:
 
     def _state_arrays(self) -> dict:
         queued = sorted(self.queued)
+        position, metrics_bytes = self.metrics.position()
         return {
             **checkpoint.state_arrays(self.state, "alg."),
             "counters": np.array([self.counters[k] for k in COUNTERS], dtype=np.int64),
@@ -481,7 +486,9 @@ class Server:
                                               + [np.zeros(0, np.uint8)]),
             "mirrors": self.mirrors,
             "down_rng": checkpoint.rng_state(self.down_rng),
-            "metrics": np.array(json.dumps(self.metrics.position())),
+            "metrics": np.array(json.dumps(position)),
+            # metrics.jsonl as it was at the cut: a resumed run continues exactly these bytes
+            "metrics_bytes": np.frombuffer(metrics_bytes, dtype=np.uint8),
         }
 
     def _restore(self, step):
@@ -503,7 +510,7 @@ class Server:
         if "mirrors" in a:
             self.mirrors = a["mirrors"]
         checkpoint.set_rng_state(self.down_rng, a["down_rng"])
-        self.metrics.restore(json.loads(str(a["metrics"])))
+        self.metrics.restore(json.loads(str(a["metrics"])), a["metrics_bytes"].tobytes())
 
     # -- shutdown ----------------------------------------------------------------------
 

@@ -206,8 +206,96 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path, small_disk
     line = next(l for l in err.splitlines() if "could not be written" in l)
     kept = checkpoint.latest(str(out))
     assert "No space left on device" in line and f"(step {kept}) is intact" in line
-    assert "x" in checkpoint.load_arrays(str(checkpoint.step_dir(str(out), kept) + "/server.npz"))
+    assert "alg.x" in checkpoint.load_arrays(str(checkpoint.step_dir(str(out), kept) + "/server.npz"))
     (small_disk / "filler").unlink()
     code, _, err = finish(start(tmp_path, out, "--resume", "--set", f"run.iterations={kept + 30}"))
     assert code == 0, err
     assert summary(out)["iterations"] == kept + 30
+
+
+def _errors(err):
+    return [l for l in err.splitlines() if l.startswith("psgd:")]
+
+
+def _tree(out):
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != ".psgd.lock"}
+
+
+def test_the_last_two_checkpoints_are_kept_and_each_file_knows_what_it_is(tmp_path):
+    out = tmp_path / "two"
+    code, _, err = finish(start(tmp_path, out, "--set", "run.iterations=110", n=3))
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == \
+        ["step-000000075", "step-000000100"]
+    assert checkpoint.candidates(str(out)) == [100, 75]
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    with np.load(out / "checkpoints" / "step-000000100" / "worker-1.npz") as z:
+        meta = json.loads(str(z["_meta"]))
+    assert (meta["run_id"], meta["step"], meta["worker"]) == (run_id, 100, 1)
+    assert len(meta["sha256"]) == 64
+
+
+@pytest.mark.parametrize("damage,file,why", [
+    ("flip", "worker-1.npz", "is damaged (Bad CRC-32"),
+    ("truncate", "server.npz", "is damaged (File is not a zip file)"),
+    ("swap", "worker-0.npz", "holds worker 1's state, not worker 0's (files swapped or renamed?)"),
+])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage, file, why):
+    ref = tmp_path / "ref"
+    code, _, err = finish(start(tmp_path, ref, "--set", "run.iterations=150", n=3))
+    assert code == 0, err
+    out = tmp_path / "cut"
+    code, _, err = finish(start(tmp_path, out, "--set", "run.iterations=110", n=3))
+    assert code == 0, err
+    latest = out / "checkpoints" / "step-000000100"
+    if damage == "flip":  # one bit of the array data
+        path = latest / file
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0x10
+        path.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        path = latest / file
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        a, b = latest / "worker-0.npz", latest / "worker-1.npz"
+        tmp = latest / "x"
+        a.rename(tmp)
+        b.rename(a)
+        tmp.rename(b)
+    # used to be a BadZipFile traceback without the file's name (and swapped files were
+    # accepted and gave a wrong model)
+    code, stdout, err = finish(start(tmp_path, out, "--resume", "--set", "run.iterations=150",
+                                     n=3))
+    assert code == 0, err
+    expected = [(file, why)]
+    if damage == "swap":  # each worker finds the other's state in its file
+        expected.append(("worker-1.npz", "holds worker 0's state, not worker 1's"))
+    lines = sorted(_errors(err))
+    assert len(lines) == len(expected), err
+    for line, (name, text) in zip(lines, sorted(expected)):
+        assert line.startswith(f"psgd: checkpoint file {latest / name} {text}"), err
+        assert line.endswith("; resuming from the previous checkpoint (step 75) instead"), err
+    assert "resuming from the checkpoint at step 75" in stdout
+    # nothing lost: the same model and bits as the uninterrupted run
+    assert np.array_equal(np.load(out / "model.npy"), np.load(ref / "model.npy"))
+    assert summary(out)["bits_up_total"] == summary(ref)["bits_up_total"]
+
+
+def test_no_intact_checkpoint_is_one_line_naming_the_file_and_touches_nothing(tmp_path):
+    out = tmp_path / "bad"
+    code, _, err = finish(start(tmp_path, out, "--set", "run.iterations=60", n=3))
+    assert code == 0, err
+    for step in ("step-000000025", "step-000000050"):
+        path = out / "checkpoints" / step / "server.npz"
+        path.write_bytes(path.read_bytes()[:500])
+    before = _tree(out)
+    code, _, err = finish(start(tmp_path, out, "--resume", "--set", "run.iterations=100", n=3))
+    assert code == 2, err
+    assert _errors(err) == [
+        f"psgd: error: --resume: checkpoint file {out}/checkpoints/step-000000050/server.npz is "
+        f"damaged (File is not a zip file); no earlier complete checkpoint is left",
+        f"psgd: error: --resume: checkpoint file {out}/checkpoints/step-000000025/server.npz is "
+        f"damaged (File is not a zip file); no earlier complete checkpoint is left"], err
+    assert "Traceback" not in err
+    assert _tree(out) == before

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from psgd import plot, sweep
-from psgd.rundir import Run, labels
+from psgd.results import Run, labels
 
 pytestmark = pytest.mark.mpi
 

@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..rundir import Run
+from ..results import Run
 from ..sweep import run_points
 
 #: configs/papers/ in the source tree (the package is installed editable or from a checkout)

@@ -1,0 +1,127 @@
+"""Start-up has a deadline: every rank is in the job within ``run.timeout_s`` of its start.
+
+Two guards, because a rank that never arrives can hang the others in two places:
+
+- :class:`Watchdog`, started before ``MPI_Init``: MPI_Init waits for every rank of the job
+  (the process manager's fence), so a rank stopped or lost before it hangs the others
+  inside MPI, holding the GIL (mpi4py does not release it there), where no Python
+  thread or deadline can run. The watchdog is therefore a forked process: it prints one
+  line and kills its rank, and the process manager then ends the job.
+- :func:`barrier`, right after MPI_Init: every rank says hello to rank 0 and waits for its
+  go, all non-blocking, so rank 0 can name the ranks that did not arrive.
+
+Rank 0 gives up first, rank 1 :data:`GRACE` seconds later, the others after that: normally
+only rank 0 speaks, and a worker speaks only when rank 0 itself is the one missing.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+
+import numpy as np
+
+from .errors import RunError
+
+TAG_START = 13  # beside transport's TAG_UP/TAG_DOWN: only during start-up
+#: how much longer than rank 0 the next ranks wait before they speak
+GRACE = 5.0
+
+
+def rank_from_env() -> str:
+    """This process's rank as the launcher told it (before MPI_Init can), or '?'."""
+    for key in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):
+        if os.environ.get(key, "").isdigit():
+            return os.environ[key]
+    return "?"
+
+
+def deadline_s(rank, timeout_s: float) -> float:
+    """Seconds after its start at which ``rank`` gives up waiting for the others."""
+    r = int(rank) if str(rank).isdigit() else 2
+    return timeout_s + GRACE * min(r, 2)
+
+
+class Watchdog:
+    """Kills this process with one line unless :meth:`cancel` is called within ``seconds``.
+
+    ``on_fire(pid)`` runs in the watchdog before the kill (it removes the rank's shared
+    memory). The watchdog also ends, silently, when this process ends.
+    """
+
+    def __init__(self, seconds: float, timeout_s: float, on_fire=None):
+        read, self.write = os.pipe()
+        parent = os.getpid()
+        self.pid = os.fork()
+        if self.pid == 0:  # the watchdog: only select, print and kill from here on
+            code = 0
+            try:
+                os.close(self.write)
+                ready, _, _ = select.select([read], [], [], seconds)
+                if not ready:  # neither cancelled nor ended: the rank is stuck in MPI_Init
+                    print(f"psgd: error on rank {rank_from_env()}: start-up did not complete "
+                          f"within run.timeout_s = {timeout_s:g} s: MPI_Init is still waiting "
+                          f"for a rank that is stopped, crashed or was never started; ending "
+                          f"the job", file=sys.stderr, flush=True)
+                    if on_fire is not None:
+                        on_fire(parent)
+                    os.kill(parent, signal.SIGKILL)
+            except BaseException:  # noqa: BLE001 - a watchdog must never run the rank's code
+                code = 1
+            os._exit(code)
+        os.close(read)
+
+    def cancel(self):
+        if self.write is not None:
+            os.write(self.write, b"ok")
+            os.close(self.write)
+            self.write = None
+            os.waitpid(self.pid, 0)
+
+
+def barrier(comm, end: float, timeout_s: float) -> None:
+    """Every rank meets rank 0 by ``end`` (time.monotonic()), or RunError naming who is late."""
+    from mpi4py import MPI
+
+    from .comm import Backoff
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    byte = np.zeros(1, np.uint8)
+    if rank == 0:
+        bufs = [np.zeros(1, np.uint8) for _ in range(size)]
+        reqs = {r: comm.Irecv([bufs[r], MPI.BYTE], source=r, tag=TAG_START)
+                for r in range(1, size)}
+        _wait_all(reqs, end, Backoff(), lambda late: RunError(
+            f"start-up: {_ranks(late)} did not reach the start-up barrier within "
+            f"run.timeout_s = {timeout_s:g} s (stopped, crashed or never started); "
+            f"ending the job"))
+        sends = {r: comm.Isend([byte, MPI.BYTE], dest=r, tag=TAG_START) for r in range(1, size)}
+        _wait_all(sends, end + GRACE, Backoff(), lambda late: RunError(
+            f"start-up: the go to {_ranks(late)} did not complete"))
+        return
+    hello = comm.Isend([byte, MPI.BYTE], dest=0, tag=TAG_START)
+    go = comm.Irecv([np.zeros(1, np.uint8), MPI.BYTE], source=0, tag=TAG_START)
+    _wait_all({0: go}, end, Backoff(), lambda late: RunError(
+        f"start-up: the server (rank 0) did not reach the start-up barrier within "
+        f"run.timeout_s = {timeout_s:g} s (+{GRACE:g} s); ending the job"))
+    _wait_all({0: hello}, end + GRACE, Backoff(), lambda late: RunError(
+        "start-up: the hello to rank 0 did not complete"))
+
+
+def _wait_all(reqs: dict, end: float, backoff, error) -> None:
+    pending = dict(reqs)
+    while pending:
+        for r in [r for r, req in pending.items() if req.Test()]:
+            del pending[r]
+        if not pending:
+            return
+        if time.monotonic() > end:
+            raise error(sorted(pending))
+        backoff.wait()
+
+
+def _ranks(ranks) -> str:
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))

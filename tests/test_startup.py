@@ -1,0 +1,92 @@
+"""Start-up has a deadline: a rank stopped (a real SIGSTOP) during start-up ends the job
+within run.timeout_s with one line, instead of hanging every other rank (it used to: checked
+to 700 s). Before MPI_Init completes nobody can tell which rank is missing, so the line says
+MPI_Init is waiting; after it, rank 0 names the ranks that did not reach the barrier."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import yaml
+
+from psgd.startup import GRACE
+
+pytestmark = pytest.mark.mpi
+
+TIMEOUT_S = 5
+CONFIG = {
+    "seed": 1,
+    "problem": {"name": "logistic", "l2": 0.05},
+    "data": {"source": "synthetic", "n_samples": 200, "n_features": 10},
+    "algorithm": {"name": "diana"},
+    "compressor": {"name": "random_dithering", "levels": 1, "norm": "inf"},
+    "run": {"iterations": 50, "log_every": 10, "timeout_s": TIMEOUT_S},
+}
+
+# Rank WHO stops itself with SIGSTOP, before or after MPI_Init; the others run psgd.
+SCRIPT = textwrap.dedent('''
+    import os
+    import signal
+    import sys
+
+    cfg, out, who, when = sys.argv[1:5]
+    if os.environ.get("PMI_RANK") == who:
+        if when == "after":
+            from mpi4py import MPI  # noqa: F401  (MPI_Init)
+        os.kill(os.getpid(), signal.SIGSTOP)
+    from psgd.cli import main
+    sys.exit(main(["run", cfg, "--out", out]))
+''')
+
+
+def _mpiexec():
+    from pathlib import Path
+    import shutil
+
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else shutil.which("mpiexec")
+
+
+@pytest.mark.parametrize("who,when,expected", [
+    ("2", "before", "psgd: error on rank 0: start-up did not complete within run.timeout_s = 5 s"
+                    ": MPI_Init is still waiting for a rank"),
+    ("0", "before", "psgd: error on rank 1: start-up did not complete within run.timeout_s = 5 s"),
+    ("2", "after", "psgd: error on rank 0: start-up: rank 2 did not reach the start-up barrier "
+                   "within run.timeout_s = 5 s"),
+    ("0", "after", "psgd: error on rank 1: start-up: the server (rank 0) did not reach the "
+                   "start-up barrier"),
+])
+def test_a_rank_stopped_during_startup_ends_the_job_with_one_line(tmp_path, who, when, expected):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(CONFIG))
+    script = tmp_path / "stop.py"
+    script.write_text(SCRIPT)
+    cmd = [_mpiexec(), "-n", "3", sys.executable, str(script), str(cfg), str(tmp_path / "out"),
+           who, when]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    limit = 120  # Python start-up alone takes many seconds on a loaded 2-core machine
+    t0 = time.monotonic()
+    try:
+        res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=limit,
+                             env=env, start_new_session=True)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"a rank stopped {when} MPI_Init hung the job for {limit} s\n"
+                    f"stderr: {exc.stderr}")
+    took = time.monotonic() - t0
+    assert res.returncode != 0, res.stderr
+    lines = [l for l in res.stderr.splitlines() if l.startswith("psgd:")]
+    assert len(lines) == 1 and lines[0].startswith(expected), res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert took > TIMEOUT_S, took  # the deadline, not some other failure, ended it
+    assert not (tmp_path / "out" / "run.json").exists()  # nothing was started
+
+
+def test_the_deadline_counts_from_each_rank_s_start():
+    from psgd.startup import deadline_s
+
+    assert deadline_s("0", 5) == 5
+    assert deadline_s("1", 5) == 5 + GRACE
+    assert deadline_s("7", 5) == deadline_s("?", 5) == 5 + 2 * GRACE
