@@ -25,6 +25,20 @@ TINY = ["--dims", "10000", "--workers", "2", "--rate", "50mbit,200mbit", "--step
         "--steps", "4"]
 
 
+def _run(cmd, timeout, cwd):
+    """subprocess.run, except that a timeout interrupts the benchmark (SIGINT, as Ctrl-C
+    would) so it removes its namespaces, instead of SIGKILL, which would leak them."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=cwd, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        raise AssertionError(f"no end within {timeout} s: {err[-1000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _namespaces(prefix):
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                          timeout=30).stdout
@@ -40,9 +54,8 @@ def _prefix(stdout):
 @needs_emulation
 def test_tiny_grid_end_to_end(tmp_path):
     methods = "allreduce-f64,gd,diana-natural+natural"
-    proc = subprocess.run(BENCH + TINY + ["--methods", methods, "--predict",
-                                          "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    proc = _run(BENCH + TINY + ["--methods", methods, "--predict", "--out", str(tmp_path)],
+                timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     prefix = _prefix(proc.stdout)
     assert _namespaces(prefix) == []
@@ -100,9 +113,8 @@ def test_failed_run_removes_the_network(tmp_path):
     # a real run-time failure: a step of 5/L makes GD diverge until a NaN ends the psgd run
     bad = tmp_path / "diverges.yaml"
     bad.write_text("algorithm: {name: gd, stepsize: 5.0}\ncompressor: {name: identity}\n")
-    proc = subprocess.run(BENCH + TINY + ["--methods", "", "--configs", str(bad),
-                                          "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = _run(BENCH + TINY + ["--methods", "", "--configs", str(bad), "--out", str(tmp_path)],
+                timeout=300, cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "diverges" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert _namespaces(_prefix(proc.stdout)) == []
