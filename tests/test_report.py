@@ -96,9 +96,20 @@ def test_text_and_markdown_carry_the_cadence_note(runs):
     (["--eps", "1e-2,x"], "--eps: got '1e-2,x'"),
     (["--eps", "0"], "--eps: got '0'"),
     (["--format", "html"], "--format: got 'html'; allowed: text, csv, md"),
-    (["--metric", "dist2"], "no metric 'dist2'; it has: step"),
+    (["--metric", "loss"], "--metric: got 'loss'; allowed: subopt"),
 ])
 def test_bad_input(runs, args, message):
     r = report(str(runs[0]), *args)
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_metric_a_run_lacks(runs):
+    """dist2 is logged only where x* is known: used when there, else one line saying what the
+    run has."""
+    r = report(str(runs[0]), "--metric", "dist2")
+    if "dist2" in _records(runs[0])[0]:
+        assert r.returncode == 0 and "dist2 <= eps" in r.stdout, r.stderr
+    else:
+        assert r.returncode == 2 and "no metric 'dist2'; it has: step" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
