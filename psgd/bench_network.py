@@ -699,19 +699,24 @@ def worker_compute_s(spec, d, n, args, reps=3):
     """One worker's compute per step, timed alone (a cluster node has its own cores):
     gradient, the algorithm's vector, encode (and decode where the worker keeps memory),
     and decoding a compressed model."""
-    from . import config
-    from .launch import build_context
+    from . import config, steps
+    from .runtime import build_context
+    from .transport import Roles
 
     grad_only = spec["kind"] == "allreduce"
     if grad_only:
         spec = METHODS["gd"]
     cfg = config.validate(_psgd_config(spec, d, "theory", 1, None, args, "unused"))
-    ctx = build_context(cfg, n)
+    ctx = build_context(cfg, Roles.layout(n + 1))
     obj = ctx.ps.local(0)
     ws = ctx.alg.worker_init(d)
     rng = np.random.default_rng(0)
     x = ctx.x0.astype(np.float64) + 0.1
-    down = None if ctx.downlink_is_identity else ctx.downlink.encode(x, rng)
+    out = np.empty(ctx.uplink.max_nbytes(), np.uint8)
+    down = None
+    if not ctx.downlink.exact:  # a compressed model message, as the worker decodes it
+        buf = np.empty(ctx.downlink.max_nbytes(), np.uint8)
+        down = buf[:ctx.downlink.encode(x, np.zeros_like(x), rng, buf)]
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -719,13 +724,9 @@ def worker_compute_s(spec, d, n, args, reps=3):
         if grad_only:
             times.append(time.perf_counter() - t0)
             continue
-        v = ctx.alg.worker_vector(ws, g)
-        if ctx.alg.memory is None:
-            ctx.compressor.encode(v, rng, key=ctx.shared_key(0, 0))
-        else:
-            ctx.compressor.encode_decode(v, rng, key=ctx.shared_key(0, 0))
+        steps.worker_step(ctx.alg, ctx.uplink, ws, g, 0, 0, rng, out)
         if down is not None:
-            ctx.downlink.decode_add(down, x.copy(), ctx.downlink_scale)
+            ctx.downlink.apply(down, x.copy())
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
