@@ -145,11 +145,14 @@ def synthetic_file(path, rows, seed=0):
 def peak_rss_of_read(path, shard_of=None):
     """(extra peak RSS in bytes, CSR bytes) of read_libsvm in a fresh process, as the OS sees
     it; with ``shard_of = n`` only worker 1's contiguous shard of n is kept."""
-    code = ("import resource, sys; from psgd import data; "
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; n = int(sys.argv[2]); "
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child of a large pytest
+    # process would start at its parent's peak
+    hwm = ("int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])")
+    code = (f"import sys; from psgd import data; hwm = lambda: {hwm}; "
+            "base = hwm(); n = int(sys.argv[2]); "
             "rows = data.partition(data.count_rows(sys.argv[1]), n)[1] if n else None; "
             "A, y = data.read_libsvm(sys.argv[1], rows=rows); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base, "
+            "print(hwm() - base, "
             "A.data.nbytes + A.indices.nbytes + A.indptr.nbytes + y.nbytes)")
     out = subprocess.run([sys.executable, "-c", code, str(path), str(shard_of or 0)],
                          capture_output=True, text=True, timeout=600, check=True).stdout.split()
