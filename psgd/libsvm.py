@@ -21,7 +21,8 @@ cannot crash or hang it.
 ``.bz2``, ``.gz`` and ``.xz`` files (the forms LIBSVM sets are distributed in) are decompressed
 on the fly with the standard library, chosen by the file name's suffix.
 
-Memory: the file is read in blocks of :data:`BLOCK_BYTES` (whole lines); each block is parsed
+Memory: the file is read in blocks of :data:`BLOCK_BYTES` (256 KiB, whole lines); each block
+is parsed
 (about 40 bytes of temporaries per byte of block) and only its selected rows are kept, so the
 peak is the returned CSR matrix twice (the kept parts and their concatenation) plus one
 block's temporaries, whatever the file size. ``rows`` lets each worker keep only its shard.
@@ -46,7 +47,7 @@ from .errors import ConfigError, DataFormatError
 #: largest accepted feature index (CSR indices are int32)
 MAX_FEATURES = 2**31 - 1
 #: bytes read (after decompression) per parsed block; a longer line makes a longer block
-BLOCK_BYTES = 1 << 20
+BLOCK_BYTES = 1 << 18
 #: lines :func:`probe_libsvm` parses
 PROBE_LINES = 100
 

@@ -27,7 +27,8 @@ def check_output_dir(path) -> str:
     while not os.path.lexists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
-        what = "is not a directory" if probe == full else f"is under {probe}, which is not a directory"
+        what = ("is not a directory" if probe == full
+                else f"is under {probe}, which is not a directory")
         raise ConfigError(f"output.dir: {full} {what}; allowed: a writable directory "
                           "(set output.dir or --out)")
     try:

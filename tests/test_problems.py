@@ -317,3 +317,40 @@ def test_logistic_labels_from_libsvm(libsvm_dir):
     assert ps.describe()["label_map"] == {"0": -1, "1": 1}
     ps = make({"name": "least_squares"}, libsvm(libsvm_dir, "mushrooms"), 0, 2)
     assert set(np.unique(ps.local(0).b)) <= {1.0, 2.0}  # raw labels for regression
+
+
+# -- the extension surface: unknown constants, shards -----------------------------------------
+
+
+class _Opaque(P.Objective):
+    """A problem that knows its gradient but neither f*, L nor mu."""
+
+    d = 3
+
+    def value_and_grad(self, x):
+        return float(x @ x), 2 * x
+
+
+def test_a_problem_may_answer_unknown():
+    ps = P.ProblemSet(name="opaque", params={}, d=3, weights=[0.5, 0.5], n_samples=None,
+                      local_factory=lambda i: _Opaque(), global_factory=_Opaque,
+                      reg=P.L1Reg(0.0), x0=np.zeros(3), info={}, kind="opaque", family=P.Problem)
+    assert P.solve(ps) == (None, None)
+    assert P.solve(ps, return_info=True)[2]["method"] == "unknown"
+    assert P.constants(ps) == {"L": None, "L_i": None, "mu": None}
+
+
+def test_workers_load_only_their_shard(libsvm_dir):
+    cfg = libsvm(libsvm_dir, "mushrooms")
+    full = make({"name": "logistic", "l2": 0.05}, cfg, seed=0, n_workers=4)
+    data_cfg = D.check_data_config(cfg)
+    problem = P.check_problem_config({"name": "logistic", "l2": 0.05})
+    one = P.make_problem(problem, data_cfg, 0, 4, workers=[2])
+    assert one.d == full.d and np.array_equal(one.weights, full.weights)
+    x = np.random.default_rng(0).standard_normal(full.d) * 0.1
+    np.testing.assert_array_equal(one.local(2).grad(x), full.local(2).grad(x))
+    assert one.local(2).A.shape[0] == full.local(2).A.shape[0] == 2031
+    with pytest.raises(Exception, match="not loaded on this rank"):
+        one.local(0)
+    with pytest.raises(Exception, match="needs every shard"):
+        one.global_objective

@@ -13,7 +13,8 @@ class ProblemSet:
     Attributes: ``name``, ``params``, ``d``, ``n_workers``, ``weights`` (m_i/m, sums to 1: the
     server's aggregation weights), ``n_samples`` (m or None), ``reg`` (value, prox), ``kind``
     ("glm", "quadratic", "rosenbrock", ...), ``family`` (the registered problem class, whose
-    ``reference`` and ``constants`` hooks :func:`solve` and :func:`constants` call). Methods: ``local(i)`` (worker i's Objective, 0-based,
+    ``reference`` and ``constants`` hooks :func:`solve` and :func:`constants` call).
+    Methods: ``local(i)`` (worker i's Objective, 0-based,
     built on first use and cached), ``global_objective`` (the smooth part f), ``loss(x)``
     (f(x) + R(x)), ``initial_point()``, ``describe()``.
     """
