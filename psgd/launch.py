@@ -93,6 +93,7 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False,
         if roles.n_workers < 1:
             raise ConfigError(f"run.servers: got {cfg['run']['servers']} with {size} ranks; "
                               f"allowed: fewer servers than ranks (the others are workers)")
+        config.check_launch(cfg, roles.n_workers)  # data file, worker rules: one line, exit 2
         if rank == 0:  # the output directory is rank 0's: locked and checked before launch
             rundir = RunDir.claim(cfg["output"]["dir"], cfg, roles.n_workers, resume=resume,
                                   overwrite=overwrite)
