@@ -34,6 +34,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from . import mpiexec
 import yaml
 
 from . import costmodel, netemu
@@ -233,12 +235,6 @@ def _psgd_config(spec, d, step, iterations, target, args, out):
             "output": {"dir": out}}
 
 
-def _mpiexec():
-    import shutil
-
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return here if os.path.exists(here) else shutil.which("mpiexec")
-
 
 def _tail(text):
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
@@ -253,7 +249,7 @@ class Runner:
         self.args = args
         self.work = work
         self.count = 0
-        self.mpiexec = _mpiexec()
+        self.mpiexec = mpiexec.path()
         if self.mpiexec is None:
             raise Failed("mpiexec not found (install psgd with the mpich extra)")
 

@@ -21,16 +21,12 @@ import tempfile
 import time
 
 import numpy as np
+
+from . import mpiexec
 import yaml
 
 PHASES = ("wait", "decode", "apply", "encode", "send")
 
-
-def _mpiexec():
-    import shutil
-
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return here if os.path.exists(here) else shutil.which("mpiexec")
 
 
 def _steps(d, n, budget):
@@ -56,7 +52,7 @@ def run_psgd(d, n, mode, tau, steps, workdir, repeat=0, servers=1):
     path = out + ".yaml"
     with open(path, "w") as fh:
         yaml.safe_dump(_config(d, n, mode, tau, steps, out, servers), fh)
-    proc = subprocess.run([_mpiexec(), "-n", str(n + servers), sys.executable, "-m", "psgd", "run",
+    proc = subprocess.run([mpiexec.path(), "-n", str(n + servers), sys.executable, "-m", "psgd", "run",
                            path],
                           capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
@@ -91,7 +87,7 @@ def median_of(samples):
 
 
 def run_allreduce(d, n, steps):
-    proc = subprocess.run([_mpiexec(), "-n", str(n), sys.executable, "-m", "psgd.bench_runtime",
+    proc = subprocess.run([mpiexec.path(), "-n", str(n), sys.executable, "-m", "psgd.bench_runtime",
                            "--allreduce-rank", str(d), str(steps)],
                           capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:

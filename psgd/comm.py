@@ -32,7 +32,7 @@ class Backoff:
         self.delay = min(self.delay * 2, self.cap)
 
 
-def wait(request: MPI.Request, deadline_s: float, what: str, status=None) -> None:
+def wait(request, deadline_s: float, what: str, status=None) -> None:
     """Wait for one request, or raise RunError naming ``what`` after ``deadline_s`` seconds."""
     backoff = Backoff()
     end = time.monotonic() + deadline_s

@@ -122,6 +122,14 @@ def check_split(m: int, n_workers: int) -> None:
 # -- synthetic data ---------------------------------------------------------------------------
 
 
+#: the named streams that build a problem from its seed (independent of the run's streams,
+#: psgd.runtime.Streams, so a problem is the same whatever the rank layout)
+STREAM_SYNTHETIC = 1   # synthetic samples and labels
+STREAM_SHUFFLE = 2     # the shuffled partition of samples over workers
+STREAM_CENTERS = 3     # quadratic: worker i's center c_i (with i)
+STREAM_ROTATION = 4    # quadratic: the random orthogonal basis
+
+
 def _rng(seed, *stream) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed) % 2**64, *stream]))
 
@@ -143,7 +151,7 @@ def synthetic(problem_name: str, n_samples: int, n_features: int, seed: int, noi
         raise ConfigError(f"problem.name: got {problem_name!r}; synthetic data are generated for "
                           "logistic and least_squares only")
     m, d = int(n_samples), int(n_features)
-    rng = _rng(seed, 1)
+    rng = _rng(seed, STREAM_SYNTHETIC)
     A = rng.standard_normal((m, d))
     x_true = rng.standard_normal(d) / np.sqrt(d)
     z = A @ x_true
@@ -174,6 +182,6 @@ def partition(m: int, n_workers: int, how: str = "contiguous", seed: int = 0) ->
         order = np.arange(m, dtype=np.int64)
         return [np.ascontiguousarray(s) for s in np.array_split(order, n_workers)]
     if how == "shuffled":
-        order = _rng(seed, 2).permutation(m).astype(np.int64)
+        order = _rng(seed, STREAM_SHUFFLE).permutation(m).astype(np.int64)
         return [np.sort(s) for s in np.array_split(order, n_workers)]
     raise ConfigError(f"data.partition: got {how!r}; allowed: one of contiguous, shuffled")

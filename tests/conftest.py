@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +33,9 @@ def data_dir():
 
 def mpiexec_path():
     """The mpiexec beside this Python (the mpich wheel's), else the one on PATH."""
-    here = Path(sys.executable).parent / "mpiexec"
-    return str(here) if here.exists() else shutil.which("mpiexec")
+    from psgd import mpiexec
+
+    return mpiexec.path()
 
 
 class RunResult:

@@ -151,3 +151,14 @@ def test_unequal_weights_generalise_one_over_n_for_diana():
     h = algorithms.DIANA.resolve(cfg_for("diana"), comp, consts, w, 0)
     omega = comp.omega(12)
     assert h.gamma == pytest.approx(1 / (consts.L + 6 * omega * 0.7 * consts.L_i[0]))
+
+
+@pytest.mark.parametrize("name", ["gd", "dqgd", "diana", "ef21", "ef", "marina"])
+def test_a_problem_without_constants_needs_a_numeric_step(name):
+    from psgd.errors import ConfigError
+
+    comp = get_compressor({"name": "identity"} if name == "gd" else TERN)
+    unknown = algorithms.Constants(L=None, L_i=None, mu=None, d=12)
+    with pytest.raises(ConfigError, match=r"algorithm.stepsize: got 'theory'.*allowed: a number"):
+        build(name, comp, unknown)
+    assert build(name, comp, unknown, stepsize=0.1).hyper.gamma == 0.1

@@ -15,13 +15,14 @@ in 1 of 40 runs here, a 0.2 s pause in 0 of 40). The launcher now pauses 0.5 s b
 
 import os
 import warnings
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from psgd import mpiexec
 import yaml
 
 pytestmark = pytest.mark.mpi
@@ -128,11 +129,6 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def _mpiexec():
-    """The mpiexec beside this Python (the mpich wheel's), else the one on PATH."""
-    here = Path(sys.executable).parent / "mpiexec"
-    return str(here) if here.exists() else shutil.which("mpiexec")
-
 
 def _run(tmp_path, mode):
     """Run the job in ``tmp_path``; ranks write ``out/`` and rank 0 ``out.rank0.stderr``."""
@@ -143,7 +139,7 @@ def _run(tmp_path, mode):
     cfg.write_text(yaml.safe_dump(config))
     script = tmp_path / "impostor.py"
     script.write_text(SCRIPT)
-    cmd = [_mpiexec(), "-n", "3", sys.executable, str(script), str(cfg), str(tmp_path / "out"), mode]
+    cmd = [mpiexec.path(), "-n", "3", sys.executable, str(script), str(cfg), str(tmp_path / "out"), mode]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     try:
         return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT, env=env)
@@ -160,7 +156,7 @@ def _run(tmp_path, mode):
     ("second_gradient", "a second gradient (its step 1) before it was sent a new model"),
 ])
 def test_a_bad_message_from_a_worker_ends_the_job_naming_it(tmp_path, mode, why):
-    if _mpiexec() is None:
+    if mpiexec.path() is None:
         pytest.skip("mpiexec not found")
     expected = "psgd: error on rank 0 (server): bad message from worker 0 (rank 1)"
     for attempt in range(3):
@@ -253,13 +249,13 @@ FAKE_SERVER = textwrap.dedent('''
 def test_a_bad_model_message_ends_the_job_naming_the_server(tmp_path, mode, why):
     """A MODEL message a worker cannot take is one line naming the sender (an oversized one
     used to be a 31-line MPI traceback), and the job ends well before the timeout."""
-    if _mpiexec() is None:
+    if mpiexec.path() is None:
         pytest.skip("mpiexec not found")
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(CONFIG))
     script = tmp_path / "fake_server.py"
     script.write_text(FAKE_SERVER)
-    cmd = [_mpiexec(), "-n", "3", sys.executable, str(script), str(cfg), str(tmp_path / "out"),
+    cmd = [mpiexec.path(), "-n", "3", sys.executable, str(script), str(cfg), str(tmp_path / "out"),
            mode]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     try:

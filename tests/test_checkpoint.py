@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 import pytest
+
+from psgd import mpiexec
 import yaml
 
 from psgd import checkpoint
@@ -25,19 +27,12 @@ CFG = {
 }
 
 
-def _mpiexec():
-    from pathlib import Path
-    import shutil
-
-    here = Path(sys.executable).parent / "mpiexec"
-    return str(here) if here.exists() else shutil.which("mpiexec")
-
 
 def start(tmp_path, out, *extra, delay=0.0, n=4):
     cfg = dict(CFG, run=dict(CFG["run"], worker_delay={0: delay} if delay else {}))
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    cmd = [_mpiexec(), "-n", str(n), sys.executable, "-m", "psgd", "run", str(path),
+    cmd = [mpiexec.path(), "-n", str(n), sys.executable, "-m", "psgd", "run", str(path),
            "--out", str(out), *extra]
     return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)

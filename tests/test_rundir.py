@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from psgd import mpiexec
 import yaml
 
 from psgd import checkpoint, rundir
@@ -31,17 +33,11 @@ CFG = {
 }
 
 
-def _mpiexec():
-    import shutil
-
-    here = Path(sys.executable).parent / "mpiexec"
-    return str(here) if here.exists() else shutil.which("mpiexec")
-
 
 def start(tmp_path, out, *extra, n=3, cfg=CFG):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    cmd = [_mpiexec(), "-n", str(n), sys.executable, "-m", "psgd", "run", str(path),
+    cmd = [mpiexec.path(), "-n", str(n), sys.executable, "-m", "psgd", "run", str(path),
            "--out", str(out), *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

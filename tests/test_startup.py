@@ -10,6 +10,8 @@ import textwrap
 import time
 
 import pytest
+
+from psgd import mpiexec
 import yaml
 
 from psgd.startup import GRACE
@@ -42,13 +44,6 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def _mpiexec():
-    from pathlib import Path
-    import shutil
-
-    here = Path(sys.executable).parent / "mpiexec"
-    return str(here) if here.exists() else shutil.which("mpiexec")
-
 
 @pytest.mark.parametrize("who,when,expected", [
     ("2", "before", "psgd: error on rank 0: start-up did not complete within run.timeout_s = 5 s"
@@ -64,7 +59,7 @@ def test_a_rank_stopped_during_startup_ends_the_job_with_one_line(tmp_path, who,
     cfg.write_text(yaml.safe_dump(CONFIG))
     script = tmp_path / "stop.py"
     script.write_text(SCRIPT)
-    cmd = [_mpiexec(), "-n", "3", sys.executable, str(script), str(cfg), str(tmp_path / "out"),
+    cmd = [mpiexec.path(), "-n", "3", sys.executable, str(script), str(cfg), str(tmp_path / "out"),
            who, when]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     limit = 120  # Python start-up alone takes many seconds on a loaded 2-core machine

@@ -119,13 +119,13 @@ class Quadratic(Problem):
         lam = quadratic_spectrum(params["mu"], params["L"], d, params["spectrum"])
         Q = None
         if params["rotate"]:
-            Z = _data._rng(seed, 4).standard_normal((d, d))
+            Z = _data._rng(seed, _data.STREAM_ROTATION).standard_normal((d, d))
             Q, R = np.linalg.qr(Z)
             Q *= np.sign(np.diag(R))
         weights = np.full(n_workers, 1.0 / n_workers)
 
         def center(i):
-            return _data._rng(seed, 3, i).standard_normal(d) / math.sqrt(d)
+            return _data._rng(seed, _data.STREAM_CENTERS, i).standard_normal(d) / math.sqrt(d)
 
         def local(i):
             return QuadraticObjective(lam, center(i), 0.0, Q)
