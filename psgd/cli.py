@@ -92,7 +92,7 @@ def _parser():
 TOOLS = {"plot": ("plot", "runs on one axis (see psgd plot --help)"),
          "report": ("report", "iterations, bits and time to each eps, per run"),
          "sweep": ("sweep", "one run per grid point, K at a time, resumable"),
-         "reproduce": ("reproduce", "a seed paper's experiment: figures and REPORT.md")}
+         "reproduce": ("reproduce", "a seed paper's experiment: figures and a report")}
 
 
 def _bench_names():

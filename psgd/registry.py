@@ -41,3 +41,8 @@ def names(kind: str) -> list[str]:
 
 def classes(kind: str) -> dict[str, type]:
     return dict(_REGISTRY[kind])
+
+
+def unregister(kind: str, name: str) -> None:
+    """Remove a registered component (a plug-in's tests clean up after themselves)."""
+    _REGISTRY[kind].pop(name, None)

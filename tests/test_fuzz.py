@@ -181,8 +181,13 @@ def test_the_harness_reports_crashes_hangs_exceptions_and_silent_acceptance(tmp_
     plugin = tmp_path / "planted.py"
     plugin.write_text(PLANTED)
     n = 400
-    report = fuzz.run_fuzz(("codecs",), cases=n, compressors=["zz_planted"], seed=SEED, timeout=2.0,
-                           jobs=1, plugins=[str(plugin)])
+    try:
+        report = fuzz.run_fuzz(("codecs",), cases=n, compressors=["zz_planted"], seed=SEED,
+                               timeout=2.0, jobs=1, plugins=[str(plugin)])
+    finally:  # the plug-in registered itself in this process too: leave no planted codec behind
+        from psgd.registry import unregister
+
+        unregister("compressor", "zz_planted")
     s = report.stats[("codecs", "zz_planted")]
     assert s.c["cases"] == n                      # crashed and hung cases are counted, none lost
     assert {"crash", "hang", "exception", "silent acceptance"} <= set(s.kinds), s.kinds

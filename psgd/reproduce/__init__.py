@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("name", nargs="?", help="which reproduction (see --list)")
     p.add_argument("--list", action="store_true", help="list the reproductions")
     p.add_argument("--quick", action="store_true", help="the small version (CI, < 2 min)")
-    p.add_argument("--out", help="output directory (REPORT.md, figures, runs/)")
+    p.add_argument("--out", help="output directory (the report, its figures and runs/)")
     p.add_argument("--jobs", type=int, default=2, help="mpiexec runs at once (default 2)")
     a = p.parse_args(argv)
     reg = registry()
