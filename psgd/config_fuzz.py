@@ -52,10 +52,13 @@ _NASTY_BYTES = [b"\xff", b"\xef\xbb\xbf", b"\x00", b"\t", b"\r", b"&a ", b"*a ",
 
 
 def seed_documents() -> list[bytes]:
-    """The configs in the repository's configs/ (beside the package), else a built-in one."""
-    root = Path(__file__).resolve().parents[1] / "configs"
-    found = [p.read_bytes() for p in sorted(root.glob("*.yaml"))] if root.is_dir() else []
-    return found or [_FALLBACK_SEED]
+    """The configs of a checkout's configs/ (the current directory's, as in a source tree or
+    CI, else the one beside the package in an editable install), else a built-in one."""
+    for root in (Path.cwd() / "configs", Path(__file__).resolve().parents[1] / "configs"):
+        found = [p.read_bytes() for p in sorted(root.glob("*.yaml"))] if root.is_dir() else []
+        if found:
+            return found
+    return [_FALLBACK_SEED]
 
 
 def _bomb(rnd) -> bytes:
