@@ -4,6 +4,7 @@ point rerun), bad input, and slurm/sweep.sbatch reading the same points (psgd.sw
 import json
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -24,8 +25,10 @@ GRID = ["--grid", "compressor.norm=2,inf", "--grid", "compressor.levels=1,2"]
 
 
 def psgd(*args, timeout=300):
+    # run outside the checkout, so `python -m psgd` imports the installed package (with its
+    # compiled kernels), not the source tree
     return subprocess.run([sys.executable, "-m", "psgd", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, cwd=tempfile.gettempdir())
 
 
 @pytest.fixture
