@@ -62,8 +62,7 @@ class Server:
         self.down_rng = ctx.streams.downlink(self.shard)
         # the model each worker knows (compressed downlink): one shared mirror when
         # synchronous, since every worker gets the same bytes; one per worker otherwise
-        self.broadcast = ctx.alg.synchronous
-        self.mirrors = ctx.downlink.mirrors(ctx.x0, 1 if self.broadcast else self.n)
+        self.mirrors = ctx.downlink.mirrors(ctx.x0, 1 if ctx.alg.synchronous else self.n)
         self.seq_in = np.zeros(self.n, dtype=np.int64)       # next expected GRAD seq per worker
         self.seq_out = np.zeros(self.n, dtype=np.int64)
         self.queued = {}                                     # worker -> (version, Received)
@@ -379,7 +378,7 @@ class Server:
         to every worker) when synchronous, encoded against each worker's mirror otherwise."""
         if not workers:
             return
-        if self.broadcast:
+        if self.ctx.alg.synchronous:
             self._broadcast_model(workers)
         else:
             for j in workers:

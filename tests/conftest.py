@@ -85,3 +85,26 @@ def run_psgd(tmp_path, data_dir_optional):
 @pytest.fixture(scope="session")
 def data_dir_optional():
     return find_data_dir()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``mount(size)``: a fresh tmpfs of ``size`` (e.g. "2m") under tmp_path, a real disk that
+    can be filled (needs root and mount; skips otherwise); unmounted after the test."""
+    mounted = []
+
+    def mount(size):
+        mnt = tmp_path / f"disk{len(mounted)}"
+        mnt.mkdir()
+        if os.geteuid() != 0:
+            pytest.skip("filling a real disk needs root to mount a small tmpfs")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -21,9 +21,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from psgd import mpiexec
-import yaml
 
 pytestmark = pytest.mark.mpi
 

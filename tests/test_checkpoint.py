@@ -9,11 +9,9 @@ import time
 
 import numpy as np
 import pytest
-
-from psgd import mpiexec
 import yaml
 
-from psgd import checkpoint
+from psgd import checkpoint, mpiexec
 
 pytestmark = pytest.mark.mpi
 
@@ -166,18 +164,9 @@ def test_atomic_write_failure_leaves_old_file(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs: a real disk that can be filled (needs root and mount)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("filling a real disk needs root to mount a small tmpfs")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+def small_disk(tmpfs):
+    """A 2 MiB tmpfs: a real disk that can be filled."""
+    return tmpfs("2m")
 
 
 def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path, small_disk):

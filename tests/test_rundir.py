@@ -13,11 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from psgd import mpiexec
 import yaml
 
-from psgd import checkpoint, rundir
+from psgd import checkpoint, mpiexec, rundir
 from psgd.errors import RunError
 
 pytestmark = pytest.mark.mpi
@@ -162,18 +160,9 @@ def test_a_second_run_is_refused_naming_the_holder_and_a_dead_one_s_lock_is_take
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 16 MiB tmpfs: a real disk that can be filled (needs root and mount)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("filling a real disk needs root to mount a small tmpfs")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+def small_disk(tmpfs):
+    """A 16 MiB tmpfs: a real disk that can be filled."""
+    return tmpfs("16m")
 
 
 def fill(disk: Path, leave: int) -> Path:

@@ -10,10 +10,9 @@ import textwrap
 import time
 
 import pytest
-
-from psgd import mpiexec
 import yaml
 
+from psgd import mpiexec
 from psgd.startup import GRACE
 
 pytestmark = pytest.mark.mpi

@@ -22,9 +22,9 @@ def step_size(cfg_alg, consts, theory, tau: int):
     if cfg_alg["stepsize"] != "theory":
         return float(cfg_alg["stepsize"]), "given in the config"
     if not consts.known:
-        raise ConfigError(f"algorithm.stepsize: got 'theory', but this problem does not know its "
-                          f"smoothness and strong convexity constants; allowed: a number "
-                          f"(e.g. --set algorithm.stepsize=0.1)")
+        raise ConfigError("algorithm.stepsize: got 'theory', but this problem does not know its "
+                          "smoothness and strong convexity constants; allowed: a number "
+                          "(e.g. --set algorithm.stepsize=0.1)")
     gamma, rule = theory()
     if tau:
         return gamma * (1.0 / (1.0 + tau)), rule + " / (1+tau) (heuristic)"
