@@ -35,6 +35,8 @@ def fmt_bits(bits: float) -> str:
 
 #: a loss this many times |f(x0)| + 1 above f(x0) counts as divergence
 DIVERGED = 1e6
+#: the cumulative counters every record carries (Metrics.counts)
+COUNT_KEYS = ("bits_up", "bits_down", "payload_bits_up", "payload_bits_down", "epoch")
 
 
 class Metrics:
@@ -56,6 +58,8 @@ class Metrics:
         self.f0 = float(ctx.ps.loss(x0))
         self.gap0 = None if ctx.f_star is None else self.f0 - ctx.f_star
         self.dist0 = None if ctx.x_star is None else float(np.sum((x0 - ctx.x_star) ** 2))
+        #: a loss above this counts as divergence
+        self.loss_bound = self.f0 + DIVERGED * (abs(self.f0) + 1.0)
         self.target = ctx.cfg["run"]["target"]
         #: the first update at which run.target held: step, time and bits then
         self.reached = None
@@ -123,9 +127,7 @@ class Metrics:
         if self.diverged(loss):
             return "failed", self._divergence(loss, server.state.step)
         if loss - self.ctx.f_star <= self.target:
-            self.reached = {"target": self.target, "step": server.state.step,
-                            "time_s": round(self.elapsed(), 6), **self.counts(server)}
-            return "converged", None
+            return self._reach(server.state.step, round(self.elapsed(), 6), self.counts(server))
         return None
 
     def check_record(self, rec):
@@ -133,18 +135,20 @@ class Metrics:
         if self.diverged(rec["loss"]):
             return "failed", self._divergence(rec["loss"], rec["step"])
         if self.target is not None and self.reached is None and rec["subopt"] <= self.target:
-            self.reached = {"target": self.target, "step": rec["step"], "time_s": rec["time_s"],
-                            **{k: rec[k] for k in ("bits_up", "bits_down", "payload_bits_up",
-                                                   "payload_bits_down", "epoch")}}
-            return "converged", None
+            return self._reach(rec["step"], rec["time_s"], {k: rec[k] for k in COUNT_KEYS})
         return None
 
+    def _reach(self, step, time_s, counts):
+        """Record the first step at which the target held; the run has converged."""
+        self.reached = {"target": self.target, "step": step, "time_s": time_s, **counts}
+        return "converged", None
+
     def diverged(self, loss: float) -> bool:
-        return not np.isfinite(loss) or loss > self.f0 + DIVERGED * (abs(self.f0) + 1.0)
+        return not np.isfinite(loss) or loss > self.loss_bound
 
     def _divergence(self, loss, step):
         return (f"the loss is {loss:.3g} at step {step}, above f(x0) + {DIVERGED:g} (|f(x0)| + 1) "
-                f"= {self.f0 + DIVERGED * (abs(self.f0) + 1.0):.3g}")
+                f"= {self.loss_bound:.3g}")
 
     @staticmethod
     def counts(server) -> dict:
