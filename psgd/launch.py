@@ -135,7 +135,7 @@ def _run(comm, ctx, rank, rundir, resume_step, received, path) -> int:
     role, index = ctx.roles.of(rank)
     try:
         if role == "server" and index > 0:
-            return _run_range_server(comm, ctx, index, received)
+            return _run_range_server(comm, ctx, index)
         if role == "server":
             rundir.start()
             return _run_server(comm, ctx, resume_step, received, path)
@@ -259,7 +259,8 @@ def _peer_link(comm, ctx: RunContext, s: int):
                     ctx.cfg["run"]["timeout_s"])
 
 
-def _run_range_server(comm, ctx: RunContext, s: int, received: list) -> int:
+def _run_range_server(comm, ctx: RunContext, s: int) -> int:
+    """Server s > 0 of a sharded run: server 0 handles signals and ends the run for all."""
     from psgd.server.loop import Server
 
     view = ctx.for_shard(s)
