@@ -22,7 +22,6 @@ import argparse
 import itertools
 import json
 import shlex
-import shutil
 import subprocess
 import sys
 import threading
@@ -132,9 +131,10 @@ def grid_points(grids: list[str]) -> list[list[str]]:
 
 
 def mpiexec() -> str:
-    """The mpiexec beside this Python (the mpich wheel's), else the one on PATH."""
-    here = Path(sys.executable).parent / "mpiexec"
-    found = str(here) if here.exists() else shutil.which("mpiexec")
+    """psgd.mpiexec.path(), or a SweepError saying how to get one."""
+    from . import mpiexec as locate
+
+    found = locate.path()
     if not found:
         raise SweepError("mpiexec not found beside this Python or on PATH; install the mpich "
                          "extra (pip install 'psgd[mpich]') or load your site's MPI")
