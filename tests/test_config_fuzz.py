@@ -22,14 +22,16 @@ def test_mutations_are_deterministic_and_varied():
     assert cases == again and len({op for _, _, op in cases}) >= 12
 
 
+_calls = []
+
+
 def flaky_target(path, overrides):
-    """A loader with two bugs: a KeyError on some inputs and a hang on others."""
-    text = open(path, "rb").read()
-    if len(text) % 7 == 0:
+    """A loader with two bugs: in each child process its first call raises a KeyError and its
+    second hangs (decided by call count, not by the mutated text, so both bugs always show)."""
+    _calls.append(path)
+    if len(_calls) == 1:
         raise KeyError("boom")
-    if len(text) % 7 == 1:
-        time.sleep(30)
-    return "accepted"
+    time.sleep(30)
 
 
 def test_harness_reports_exceptions_and_hangs():
