@@ -137,16 +137,19 @@ class Server:
         x[sh[0].lo:sh[0].hi] = self.state.x
         for s in self.peers.peers:
             self.peers.send(s, wire.GATHER, self.state.step, b"")
-        got = {}
+        got, tallies = {}, {}
 
         def collect(s, header, payload):  # each server answers with its range, then its tally
             if header.kind == wire.SHARD:
                 got[s] = payload
             elif header.kind == wire.TALLY:
-                self.tallies[s] = json.loads(payload.tobytes())
+                tallies[s] = json.loads(payload.tobytes())
 
-        self._await_peers(collect, lambda: len(got) == len(self.tallies) == len(sh) - 1,
+        # wait for this gather's tallies too, not an earlier gather's (the counters must be
+        # as of the model they are logged with)
+        self._await_peers(collect, lambda: len(got) == len(tallies) == len(sh) - 1,
                           "the model ranges of servers")
+        self.tallies.update(tallies)
         for s, payload in got.items():
             x[sh[s].lo:sh[s].hi] = np.frombuffer(payload.tobytes(), dtype=np.float64)
         return x

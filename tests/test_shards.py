@@ -1,5 +1,6 @@
 """Sharded servers (run.servers = S): key ranges, the math unchanged, and real mpiexec runs."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,11 @@ def test_identity_runs_give_the_same_model_for_one_two_and_three_servers(run_psg
         models.append(np.load(res.out / "model.npy"))
         summary = res.summary
         assert summary["servers"] == s
+        # every logged record counts every server's bits as of its own step (identity
+        # messages are all the same size: the count grows in proportion to the step)
+        recs = [json.loads(line) for line in open(res.out / "metrics.jsonl")]
+        per_step = recs[-1]["bits_up"] / recs[-1]["step"]
+        assert [r["bits_up"] for r in recs] == [r["step"] * per_step for r in recs]
         if s > 1:  # bits are counted per range and in total
             rows = summary["shards"]
             assert [r["lo"] for r in rows] == [sh.lo for sh in shards.bounds(30, s)]
