@@ -92,7 +92,11 @@ def _parser():
     p.add_argument("--rate", default="100mbit,1gbit,10gbit",
                    help="comma-separated link rates (kbit, mbit, gbit)")
     p.add_argument("--dims", default="1000000", help="comma-separated dimensions d")
-    p.add_argument("--workers", type=int, default=4, help="n workers (psgd runs n + 1 ranks)")
+    p.add_argument("--workers", type=int, default=4, help="n workers (psgd runs n + S ranks)")
+    p.add_argument("--servers", default="1",
+                   help="comma-separated server counts S (run.servers); each psgd method runs "
+                        "at every S, S > 1 as METHOD@S<S> on S more emulated nodes, with the "
+                        "step chosen for S = 1")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated built-in methods: {', '.join(METHODS)}")
     p.add_argument("--configs", default="", metavar="FILE,...",
@@ -186,6 +190,10 @@ def parse_args(argv):
     args.tune_dim = int(args.tune_dim) if args.tune_dim else min(args.dim_list)
     args.eps_dim = int(args.eps_dim) if args.eps_dim else None
     args.latency_s = _latency(args.latency)
+    args.server_list = sorted({int(v) for v in _floats(args.servers, "--servers")})
+    if args.server_list[0] != 1 or any(v != int(v) for v in _floats(args.servers, "--servers")):
+        raise Usage(f"--servers: got {args.servers!r}; allowed: integers, 1 among them "
+                    f"(the S > 1 runs take the step chosen at S = 1), e.g. 1,2")
     args.method_specs = _methods(args)
     args.reused = _reused(args) if args.reuse else {}
     return args
@@ -214,7 +222,15 @@ def _methods(args):
         specs[os.path.splitext(os.path.basename(path))[0]] = spec
     if not specs:
         raise Usage("--methods/--configs: nothing to run")
+    for name, spec in list(specs.items()):
+        if spec["kind"] == "psgd":
+            for servers in args.server_list[1:]:
+                specs[f"{name}@S{servers}"] = dict(spec, servers=servers, step_from=name)
     return specs
+
+
+def _servers(spec):
+    return spec.get("servers", 1)
 
 
 # -- configs and runs ---------------------------------------------------------------------
@@ -229,11 +245,20 @@ def _psgd_config(spec, d, step, iterations, target, args, out):
         alg["stepsize"] = step if step == "theory" else step / args.L
     return {"seed": 0, "problem": _problem(d, args), "algorithm": alg,
             "compressor": spec["compressor"],
-            "run": {"mode": "sync", "iterations": iterations, "target": target, "log_every": 1,
+            "run": {"mode": "sync", "iterations": iterations, "target": target,
+                    "log_every": _log_every(spec, iterations, target), "servers": _servers(spec),
                     "timeout_s": min(600.0, args.timeout),
                     "downlink": {"compressor": spec["downlink"]} if spec["downlink"] else None},
             "output": {"dir": out}}
 
+
+
+def _log_every(spec, iterations, target):
+    """Every step, except a timed run on S > 1 servers: there a logged step gathers the whole
+    model on server 0 (a d-vector over the network that no training step sends), so it logs
+    only its first and last step and its seconds per step are their mean. (A run to eps logs
+    every step: sharded servers test the target at logged steps.)"""
+    return 1 if target is not None or _servers(spec) == 1 else max(1, iterations)
 
 
 def _tail(text):
@@ -274,7 +299,7 @@ class Runner:
         with open(path, "w") as fh:
             yaml.safe_dump(cfg, fh)
         argv = [sys.executable, "-m", "psgd", "run", path, "--out", out]
-        proc = self._job([argv] * (self.args.workers + 1), f"psgd run {tag}")
+        proc = self._job([argv] * (self.args.workers + _servers(spec)), f"psgd run {tag}")
         if proc.returncode != 0:
             return {"failed": f"exit {proc.returncode}: {_tail(proc.stderr)}"}
         with open(os.path.join(out, "summary.json")) as fh:
@@ -282,13 +307,19 @@ class Runner:
         with open(os.path.join(out, "metrics.jsonl")) as fh:
             recs = [json.loads(line) for line in fh]
         k = s["iterations"]
-        t = np.array([r["time_s"] for r in recs])
+        every_step = all(r["step"] == i for i, r in enumerate(recs))
+
+        def per_step(key):
+            if every_step:  # the median over steps
+                return float(np.median(np.diff([r[key] for r in recs]))) if k else math.nan
+            # logged at 0 and k only: the mean; k models went down, the first before step 1
+            return (recs[-1][key] - (recs[0][key] if key == "time_s" else 0)) / k
         n = self.args.workers
         row = {"status": s["status"], "iterations": k, "stepsize": s["stepsize"],
                "stepsize_rule": s["stepsize_rule"], "run_dir": out,
-               "s_per_step": float(np.median(np.diff(t))) if k else float("nan"),
-               "bits_up_worker": float(np.median(np.diff([r["bits_up"] for r in recs]))) / n,
-               "bits_down_worker": float(np.median(np.diff([r["bits_down"] for r in recs]))) / n,
+               "s_per_step": per_step("time_s"),
+               "bits_up_worker": per_step("bits_up") / n,
+               "bits_down_worker": per_step("bits_down") / n,
                "server_ms": {ph: 1e3 * s["server_time_s"].get(ph, 0.0) / max(k, 1)
                              for ph in PHASES}}
         return row
@@ -361,11 +392,17 @@ def _reused(args):
             for r in rows}
 
 
-def tune(runner, name, spec, d, target, args, log):
-    """The grid step with the fewest iterations to eps at d (unshaped); its run is kept."""
+def tune(runner, name, spec, d, target, args, log, chosen):
+    """The grid step with the fewest iterations to eps at d (unshaped); its run is kept.
+    A method run on S > 1 servers takes its S = 1 form's step (the same math, other NICs)."""
     alg = spec.get("algorithm", {})
     fixed = alg.get("stepsize") not in (None, "theory") if spec["kind"] == "psgd" else False
     grid = [float(alg["stepsize"]) * args.L] if fixed else args.grid
+    if spec.get("step_from"):
+        if spec["step_from"] not in chosen:
+            return None, [{"step": None, "iterations": None,
+                           "why": f"{spec['step_from']} (its S = 1 form) has no step"}]
+        grid = [chosen[spec["step_from"]]["step"]]
     best, tried = None, []
     skip_numeric = False
     for step in grid:
@@ -401,8 +438,9 @@ def predict_step(row, unshaped, bw_unshaped, bw, n):
         net = costmodel.allreduce_network_s(bits, n, link)
     else:
         b_up, b_down = unshaped["bits_up_worker"], unshaped["bits_down_worker"]
-        net_u = costmodel.ps_network_s(b_up, b_down, n, 1, link_u)
-        net = costmodel.ps_network_s(b_up, b_down, n, 1, link)
+        servers = row.get("servers", 1)
+        net_u = costmodel.ps_network_s(b_up, b_down, n, servers, link_u)
+        net = costmodel.ps_network_s(b_up, b_down, n, servers, link)
     compute = costmodel.compute_from_unshaped(unshaped["s_per_step"], net_u)
     return compute + net, net
 
@@ -433,7 +471,7 @@ def bench(args, cluster, work, log, save=lambda result: None):
                 tgt_tune, _ = _target(args.tune_dim, args)
                 log(f"step sizes: grid {args.grid} (x 1/L) searched unshaped at "
                     f"d = {args.tune_dim}")
-            best, tried = tune(runner, name, spec, args.tune_dim, tgt_tune, args, log)
+            best, tried = tune(runner, name, spec, args.tune_dim, tgt_tune, args, log, chosen)
             if best is None:
                 left_out[name] = (f"no step of the grid reached eps at d = {args.tune_dim} "
                                   f"({tried[-1]['why']})")
@@ -490,14 +528,14 @@ def measure(runner, name, spec, d, chosen, tuned_runs, to_eps_runs, bw, args, lo
                      f"({to_eps.get('failed', to_eps['status'])})")
     iters = to_eps["iterations"]
     # unshaped timing at d: the to-eps run itself when it was at d, else a short run
-    if d == eps_d and "reused" not in to_eps:
+    if d == eps_d and "reused" not in to_eps and _servers(spec) == 1:
         unshaped = to_eps
     else:
         unshaped = runner.run(spec, d, step, args.steps, None, f"{name}-unshaped-{d}")
     if "failed" in unshaped:
         raise Failed(f"{name} unshaped at d = {d}: {unshaped['failed']}")
     kind = spec["kind"]
-    base = {"method": name, "kind": kind, "d": d, "grid_step": step,
+    base = {"method": name, "kind": kind, "servers": _servers(spec), "d": d, "grid_step": step,
             "stepsize": to_eps["stepsize"], "iterations": iters,
             "iterations_source": f"measured unshaped at d = {eps_d}"
             + (f" by an earlier run ({to_eps['reused']})" if "reused" in to_eps else "")
@@ -545,10 +583,11 @@ def _fmt_s(v):
 
 
 def table(result, predict):
-    lines = [f"psgd bench network: {result['workers']} workers (+1 server for psgd; Allreduce on "
-             f"{result['workers']} ranks), one network namespace per rank, tbf both ways "
-             f"(prefix {result['netns_prefix']})",
-             "measured: s/step (median over steps), bits per step (counted; Allreduce: 2(n-1)/n "
+    lines = [f"psgd bench network: {result['workers']} workers (+1 server for psgd, S for "
+             f"METHOD@S<S>; Allreduce on {result['workers']} ranks), one network namespace per "
+             f"rank, tbf both ways (prefix {result['netns_prefix']})",
+             "measured: s/step (median over steps; @S runs: the mean of their timed steps, "
+             "logging only the first and last, which gather the model), bits per step (counted; Allreduce: 2(n-1)/n "
              "of the vector per rank, derived), iterations to eps (unshaped run), server ms/step "
              "(mean); derived: t_eps = iterations x s/step, ratio = t_eps / Allreduce-f64's",
              result["latency_note"], "",
@@ -735,8 +774,8 @@ def projection(result, args, log):
     per = {}
     for name, r in unshaped.items():
         spec = args.method_specs.get(name) or METHODS.get(name)
-        if spec is None:  # a --configs method of an earlier run: its spec is not stored
-            continue
+        if spec is None or _servers(spec) > 1:  # a --configs method of an earlier run (its
+            continue  # spec is not stored), or an S > 1 run (the projection models S itself)
         t_w = worker_compute_s(spec, d0, n0, args) / d0
         sm = r["server_ms"]
         t_s = 0.0 if sm is None else 1e-3 * (sm["decode"] + sm["apply"] + sm["encode"]) / d0
@@ -813,7 +852,7 @@ def main(argv) -> int:
 
     try:
         with tempfile.TemporaryDirectory(prefix="psgd-bench-network-") as work, \
-                netemu.Cluster(args.workers + 1) as cluster:
+                netemu.Cluster(args.workers + max(args.server_list)) as cluster:
             log(f"emulated cluster: {cluster.n} namespaces {cluster.prefix}0..{cluster.n - 1} on "
                 f"bridge namespace {cluster.bridge}; removed when the benchmark ends")
             result = bench(args, cluster, work, log, lambda res: _save(res, args))

@@ -109,6 +109,24 @@ def test_tiny_grid_end_to_end(tmp_path):
 
 
 @needs_emulation
+def test_sharded_servers_run_on_their_own_nodes(tmp_path):
+    proc = _run(BENCH + ["--dims", "10000", "--workers", "2", "--rate", "50mbit", "--stepsizes",
+                         "1", "--steps", "4", "--methods", "gd", "--servers", "1,2", "--out",
+                         str(tmp_path)], timeout=400, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _namespaces(_prefix(proc.stdout)) == []
+    res = json.loads((tmp_path / "network.json").read_text())
+    by = {(r["method"], r["rate_bps"]): r for r in res["dims"][0]["rows"]}
+    assert set(by) == {(m, rate) for m in ("gd", "gd@S2") for rate in (None, 50e6)}
+    one, two = by[("gd", 50e6)], by[("gd@S2", 50e6)]
+    assert two["servers"] == 2 and one["servers"] == 1
+    assert two["iterations"] == one["iterations"] and two["stepsize"] == one["stepsize"]
+    # every server's bits: the same float64 vectors, one header more per message
+    assert 0 < two["bits_up_worker"] - one["bits_up_worker"] <= 8 * 64
+    assert 0 < two["bits_down_worker"] - one["bits_down_worker"] <= 8 * 64
+
+
+@needs_emulation
 def test_failed_run_removes_the_network(tmp_path):
     # a real run-time failure: a step of 5/L makes GD diverge until a NaN ends the psgd run
     bad = tmp_path / "diverges.yaml"
@@ -139,7 +157,8 @@ def test_ctrl_c_removes_the_network(tmp_path):
 
 
 def test_bad_arguments_exit_2(tmp_path):
-    for bad in (["--rate", "fast"], ["--methods", "nope"], ["--workers", "1"]):
+    for bad in (["--rate", "fast"], ["--methods", "nope"], ["--workers", "1"],
+                ["--servers", "2"]):
         proc = subprocess.run(BENCH + bad, capture_output=True, text=True, timeout=60,
                               cwd=tmp_path)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
