@@ -3,6 +3,7 @@
 Layout in the output directory::
 
     checkpoints/step-000120/server.npz      server + algorithm state, counters, metrics bytes
+    checkpoints/step-000120/server-1.npz    server 1's (run.servers > 1: one file per server)
     checkpoints/step-000120/worker-3.npz    each worker's memory, RNG states, sequence numbers
     checkpoints/latest.json                 the commit record: {"step": 120, "previous": 95}
 
@@ -38,7 +39,7 @@ from .rundir import atomic_write, read_identity
 
 LATEST = "latest.json"
 META = "_meta"
-_PLACE = re.compile(r"step-(\d+)[/\\](server|worker-(\d+))\.npz$")
+_PLACE = re.compile(r"step-(\d+)[/\\](server(?:-(\d+))?|worker-(\d+))\.npz$")
 
 
 def root(out_dir: str) -> str:
@@ -63,8 +64,11 @@ def _place(path: str) -> dict:
         ident = read_identity(out_dir)
     except Exception:  # noqa: BLE001 - an unreadable run.json is reported where it is read
         ident = None
-    return {"run_id": ident and ident["run_id"], "step": int(m.group(1)),
-            "worker": None if m.group(3) is None else int(m.group(3))}
+    place = {"run_id": ident and ident["run_id"], "step": int(m.group(1)),
+             "worker": None if m.group(4) is None else int(m.group(4))}
+    if m.group(3) is not None:  # server s > 0 of a sharded run (server.npz is server 0)
+        place["server"] = int(m.group(3))
+    return place
 
 
 def _checksum(arrays: dict) -> str:
@@ -88,8 +92,10 @@ def save_arrays(path: str, arrays: dict) -> None:
     _atomic_write_bytes(path, buf.getvalue())
 
 
-def _who(worker) -> str:
-    return "the server's" if worker is None else f"worker {worker}'s"
+def _who(meta) -> str:
+    if meta.get("worker") is not None:
+        return f"worker {meta['worker']}'s"
+    return f"server {meta['server']}'s" if meta.get("server") else "the server's"
 
 
 def load_arrays(path: str) -> dict:
@@ -109,9 +115,9 @@ def load_arrays(path: str) -> dict:
     if meta.get("sha256") != _checksum(arrays):
         raise RunError(f"checkpoint file {path} is damaged (checksum mismatch)")
     want = _place(path)
-    if want and want["worker"] != meta.get("worker"):
-        raise RunError(f"checkpoint file {path} holds {_who(meta.get('worker'))} state, not "
-                       f"{_who(want['worker'])} (files swapped or renamed?)")
+    if want and (want["worker"], want.get("server")) != (meta.get("worker"), meta.get("server")):
+        raise RunError(f"checkpoint file {path} holds {_who(meta)} state, not "
+                       f"{_who(want)} (files swapped or renamed?)")
     for key in ("step", "run_id") if want else ():
         if want[key] != meta.get(key):
             raise RunError(f"checkpoint file {path} belongs to {key.replace('_id', '')} "
@@ -207,18 +213,22 @@ def candidates(out_dir: str) -> list:
     return [int(rec["step"])] + ([int(prev)] if isinstance(prev, int) else [])
 
 
-def rank_file(out_dir: str, step: int, worker=None) -> str:
-    """The file the server (worker None) or worker j writes in checkpoint ``step``."""
-    name = "server.npz" if worker is None else f"worker-{worker}.npz"
+def rank_file(out_dir: str, step: int, role: str = "server", index: int = 0) -> str:
+    """The file a rank writes in checkpoint ``step``: server.npz (server 0), server-s.npz
+    (server s of a sharded run), worker-j.npz."""
+    if role == "worker":
+        name = f"worker-{index}.npz"
+    else:
+        name = "server.npz" if index == 0 else f"server-{index}.npz"
     return os.path.join(step_dir(out_dir, step), name)
 
 
-def verify(out_dir: str, steps: list, worker=None) -> list:
+def verify(out_dir: str, steps: list, role: str = "server", index: int = 0) -> list:
     """For each candidate step, None if this rank's file is usable, else the one-line reason."""
     found = []
     for step in steps:
         try:
-            load_arrays(rank_file(out_dir, step, worker))
+            load_arrays(rank_file(out_dir, step, role, index))
             found.append(None)
         except RunError as exc:
             found.append(str(exc))

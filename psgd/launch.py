@@ -25,7 +25,7 @@ import numpy as np
 from . import checkpoint, config, metrics, problems, startup
 from .errors import ConfigError, DataFormatError, PsgdError, RunError
 from .rundir import RunDir
-from .runtime import RunContext, build_context
+from .runtime import RunContext, build_context, load_problem
 from .transport import Roles
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -57,8 +57,6 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False,
         watchdog = startup.Watchdog(startup.deadline_s(startup.rank_from_env(), timeout),
                                     timeout, on_fire=remove_own_shm)
     from mpi4py import MPI  # MPI_Init: waits for every rank of the job
-
-    from .comm import allreduce_max
 
     if watchdog is not None:
         watchdog.cancel()
@@ -97,30 +95,31 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False,
         if rank == 0:  # the output directory is rank 0's: locked and checked before launch
             rundir = RunDir.claim(cfg["output"]["dir"], cfg, roles.n_workers, resume=resume,
                                   overwrite=overwrite)
-        ctx = build_context(cfg, roles)
-        if roles.of(rank) == ("server", 0):  # f* to high accuracy; its failures are setup failures
-            t_solve = time.perf_counter()
-            ctx.x_star, ctx.f_star = problems.solve(ctx.ps)
-            ctx.solve_s = time.perf_counter() - t_solve
-            if ctx.f_star is None and cfg["run"]["target"] is not None:
-                raise ConfigError(f"run.target: got {cfg['run']['target']:g}, but problem "
-                                  f"{cfg['problem']['name']} does not know f*; allowed: null")
-    except (ConfigError, DataFormatError) as exc:
-        code, message = EXIT_USAGE, f"psgd: error: {exc}"
+        ps = load_problem(cfg, roles, rank)  # a worker: its shard only
+        consts = problems.constants(ps) if rank == 0 else None
     except Exception as exc:  # noqa: BLE001 - reported below, then every rank stops
-        code, message = EXIT_FAILED, f"psgd: rank {rank}: setup failed: {type(exc).__name__}: {exc}"
-        if os.environ.get("PSGD_DEBUG"):
-            traceback.print_exc()
+        code, message = _setup_failure(exc, rank)
     try:
-        # MAX over ranks of code (+16*code on rank 0, so everyone learns whether rank 0
-        # failed and only one rank prints when all fail the same way)
-        worst = allreduce_max(comm, code + 16 * (code if rank == 0 else 0), 600,
-                              "setup on all ranks")
-        if worst:
-            rank0_failed = worst >= 16
-            if code and (rank == 0 or not rank0_failed):
-                print(message, file=sys.stderr, flush=True)
-            return worst % 16
+        failed = _agree_setup(comm, rank, code, message, "loading the problem on all ranks")
+        if failed:
+            return failed
+        # the constants need the whole problem: rank 0's, the same on every rank
+        consts = comm.bcast(consts, root=0)
+        try:
+            ctx = build_context(cfg, roles, ps=ps, constants=consts)
+            if roles.of(rank) == ("server", 0):  # f* to high accuracy: a setup failure if not
+                t_solve = time.perf_counter()
+                ctx.x_star, ctx.f_star = problems.solve(ctx.ps)
+                ctx.solve_s = time.perf_counter() - t_solve
+                if ctx.f_star is None and cfg["run"]["target"] is not None:
+                    raise ConfigError(f"run.target: got {cfg['run']['target']:g}, but problem "
+                                      f"{cfg['problem']['name']} does not know f*; "
+                                      f"allowed: null")
+        except Exception as exc:  # noqa: BLE001 - reported below, then every rank stops
+            code, message = _setup_failure(exc, rank)
+        failed = _agree_setup(comm, rank, code, message, "setup on all ranks")
+        if failed:
+            return failed
         resume_step = _agree_resume_step(comm, ctx, rank) if resume else None
         if resume and resume_step is None:
             return EXIT_USAGE
@@ -130,12 +129,33 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False,
             rundir.release()
 
 
+def _setup_failure(exc, rank):
+    """(exit code, the one line) for an exception during setup."""
+    if isinstance(exc, (ConfigError, DataFormatError)):
+        return EXIT_USAGE, f"psgd: error: {exc}"
+    if os.environ.get("PSGD_DEBUG"):
+        traceback.print_exc()
+    return EXIT_FAILED, f"psgd: rank {rank}: setup failed: {type(exc).__name__}: {exc}"
+
+
+def _agree_setup(comm, rank, code, message, what) -> int:
+    """The exit code of a setup phase agreed by every rank (0: it worked everywhere): MAX
+    over ranks of code (+16*code on rank 0, so everyone learns whether rank 0 failed and
+    only one rank prints when all fail the same way)."""
+    from .comm import allreduce_max
+
+    worst = allreduce_max(comm, code + 16 * (code if rank == 0 else 0), 600, what)
+    if code and (rank == 0 or worst < 16):
+        print(message, file=sys.stderr, flush=True)
+    return worst % 16
+
+
 def _run(comm, ctx, rank, rundir, resume_step, received, path) -> int:
     """The run; any exception from here on aborts the whole job."""
     role, index = ctx.roles.of(rank)
     try:
         if role == "server" and index > 0:
-            return _run_range_server(comm, ctx, index)
+            return _run_range_server(comm, ctx, index, resume_step)
         if role == "server":
             rundir.start()
             return _run_server(comm, ctx, resume_step, received, path)
@@ -200,7 +220,7 @@ def _agree_resume_step(comm, ctx, rank):
     out_dir = ctx.cfg["output"]["dir"]
     steps = checkpoint.candidates(out_dir)[:2]
     role, j = ctx.roles.of(rank)
-    reasons = checkpoint.verify(out_dir, steps, None if role == "server" else j)
+    reasons = checkpoint.verify(out_dir, steps, role, j)
     mine = sum(1 << i for i, why in enumerate(reasons) if why)
     send, damaged = np.array([mine], np.int64), np.zeros(1, np.int64)
     wait(comm.Iallreduce(send, damaged, op=MPI.BOR), 600, "the checkpoint check on all ranks")
@@ -259,13 +279,14 @@ def _peer_link(comm, ctx: RunContext, s: int):
                     ctx.cfg["run"]["timeout_s"])
 
 
-def _run_range_server(comm, ctx: RunContext, s: int) -> int:
-    """Server s > 0 of a sharded run: server 0 handles signals and ends the run for all."""
+def _run_range_server(comm, ctx: RunContext, s: int, resume_step) -> int:
+    """Server s > 0 of a sharded run: server 0 handles signals, checkpoints and the end of
+    the run for all."""
     from psgd.server.loop import Server
 
     view = ctx.for_shard(s)
     Server(_server_link(comm, view), view, None, stop_requests=[],
-           peers=_peer_link(comm, ctx, s)).run()
+           peers=_peer_link(comm, ctx, s)).run(resume_step)
     return EXIT_OK
 
 

@@ -52,6 +52,8 @@ class Server:
         self.shard = 0 if ctx.shard is None else ctx.shard.index
         self.ended = None                    # a non-coordinator: the END it was sent
         self.gather_step = None              # a non-coordinator: the step server 0 wants
+        self.checkpoint_ask = None           # a non-coordinator: (checkpoint, its range's step)
+        self.broadcast_nbytes = 0            # the size of the last broadcast model message
         self.tallies = {}                    # the coordinator: every other server's counters
         self.stop_requests = stop_requests  # filled by the signal handler
         self.n = ctx.n
@@ -78,7 +80,7 @@ class Server:
     def run(self, resume_step=None):
         """Serve until the iteration budget, the target, or a stop signal; return the status."""
         if self.peers is not None and self.shard != 0:
-            return self._run_range()
+            return self._run_range(resume_step)
         run = self.ctx.cfg["run"]
         iterations, every = run["iterations"], run["checkpoint_every"]
         self.t_start = time.perf_counter()
@@ -91,9 +93,10 @@ class Server:
         self.metrics.log(self, force=resume_step is None)  # a resumed run logged its start already
         status = "max_iterations"
         while self.state.step < iterations:
-            if self.stop_requests and self.peers is not None:
+            if self.stop_requests and self.peers is not None and not self.ctx.alg.synchronous:
                 status, self.failure = "failed", (f"stopped by signal {self.stop_requests[0]}; "
-                                                  f"run.servers > 1 writes no checkpoints")
+                                                  f"run.servers > 1 in async mode writes no "
+                                                  f"checkpoints")
                 break
             if self.stop_requests:
                 self._checkpoint()
@@ -194,6 +197,8 @@ class Server:
         for _, header, payload in self.peers.poll():
             if header.kind == wire.GATHER:
                 self.gather_step = header.version
+            elif header.kind == wire.CKPT:
+                self.checkpoint_ask = (header.version, json.loads(payload.tobytes())["step"])
             elif header.kind == wire.END:
                 self.ended = json.loads(payload.tobytes())
         self._answer_gather()
@@ -209,22 +214,29 @@ class Server:
         self.peers.send(0, wire.TALLY, self.state.step, json.dumps(self.tally()).encode())
         self.gather_step = None
 
-    def _run_range(self):
+    def _run_range(self, resume_step=None):
         """The loop of server s > 0: serve its range until server 0 ends the run."""
         iterations = self.ctx.cfg["run"]["iterations"]
         self.t_start = time.perf_counter()
         self.wall_segments = []
         for j in range(self.n):
             self.link.post_recv(j)
-        self._send_models(list(range(self.n)))
+        if resume_step is None:
+            self._send_models(list(range(self.n)))
+        else:  # the model message of the cut, as it was sent before (its bytes were saved)
+            self._resend_saved_model(self._restore(resume_step))
         while self.ended is None:
             if self.ctx.alg.synchronous and self.state.step >= iterations:
                 self._await_end()
                 break
             t0 = time.perf_counter()
-            self._poll(self._receive_gradient, until=lambda: self.ended is not None or
-                       self.gate.may_update(self.state.step, len(self.queued)))
+            self._poll(self._receive_gradient, until=lambda: self.ended is not None
+                       or self._range_checkpoint_due()
+                       or self.gate.may_update(self.state.step, len(self.queued)))
             self.timers["wait"] += time.perf_counter() - t0 - self._decode_s
+            if self._range_checkpoint_due():
+                self._range_checkpoint()
+                continue
             if self.ended is not None:
                 break
             batch = self._update()
@@ -245,6 +257,8 @@ class Server:
         end = time.monotonic() + 2 * self.timeout + 60
         while self.ended is None:
             self._serve_peers()
+            if self._range_checkpoint_due():  # a stop signal's cut can be at the last step
+                self._range_checkpoint()
             if self.ended is None:
                 if time.monotonic() > end:
                     raise RunError(f"server {self.shard}: server 0 did not end the run within "
@@ -410,6 +424,7 @@ class Server:
         mirror = None if self.mirrors is None else self.mirrors[0]
         n = self.ctx.downlink.encode(self.state.x, mirror, self.down_rng, buf[wire.HEADER_NBYTES:])
         nbytes = wire.pack_header(buf, wire.MODEL, wire.BROADCAST, self.state.step, seq, n)
+        self.broadcast_nbytes = nbytes  # (a range server's checkpoint saves these bytes)
         t1 = time.perf_counter()
         self.timers["encode"] += t1 - t0
         now = time.monotonic()
@@ -449,6 +464,8 @@ class Server:
             os.makedirs(checkpoint.step_dir(out, k), exist_ok=True)
         except OSError as exc:
             raise checkpoint.write_error(out, k, exc) from None
+        if self.peers is not None:
+            self._checkpoint_ranges(k)
         for j in range(self.n):
             self._send_control(j, wire.CKPT, count=False)
         acked = set()
@@ -462,16 +479,65 @@ class Server:
                    late=lambda: f"checkpoint at step {k}: no acknowledgement from workers "
                                 f"{sorted(set(range(self.n)) - acked)}")
         try:
-            checkpoint.save_arrays(os.path.join(checkpoint.step_dir(out, k), "server.npz"),
-                                   self._state_arrays())
+            checkpoint.save_arrays(checkpoint.rank_file(out, k), self._state_arrays())
             checkpoint.commit(out, k)
         except OSError as exc:
             raise checkpoint.write_error(out, k, exc) from None
         print(f"checkpoint: step {k} written to {checkpoint.step_dir(out, k)}", flush=True)
 
+    def _checkpoint_ranges(self, k):
+        """Sharded (sync): every other server writes its file at the step the cut has for
+        it, then acknowledges. Server 0 is at step k with either no gradient queued (a
+        periodic checkpoint: the others reach k) or all n of step k + 1 (a stop signal after
+        models k went out: the others may have applied them and sent models k + 1)."""
+        target = k + (1 if self.queued else 0)
+        for s in self.peers.peers:
+            self.peers.send(s, wire.CKPT, k, json.dumps({"step": target}).encode())
+        acked = set()
+
+        def ack(s, header, payload):
+            if header.kind == wire.ACK and header.version == k:
+                acked.add(s)
+
+        self._await_peers(ack, lambda: len(acked) == len(self.peers.peers),
+                          f"the checkpoint files of servers (step {target} of their ranges)")
+
+    def _range_checkpoint_due(self) -> bool:
+        return self.checkpoint_ask is not None and self.state.step >= self.checkpoint_ask[1]
+
+    def _range_checkpoint(self):
+        """A server s > 0: its file of server 0's checkpoint k, once its range is at the
+        cut's step and its models of that step have gone out (their bytes are saved, to be
+        sent again on resume), then ACK."""
+        out = self.ctx.cfg["output"]["dir"]
+        k, step = self.checkpoint_ask
+        if self.state.step != step:
+            raise RunError(f"server {self.shard}: asked for checkpoint {k} at step {step} of its "
+                           f"range, but it is at step {self.state.step}")
+        buf, nbytes = self.link.shared_buffer(), self.broadcast_nbytes
+        path = checkpoint.rank_file(out, k, "server", self.shard)
+        try:
+            checkpoint.save_arrays(path, {**self._state_arrays(),
+                                          "sent_model": buf[:nbytes].copy()})
+        except OSError as exc:
+            raise checkpoint.write_error(out, k, exc, f"server {self.shard}: ") from None
+        self.checkpoint_ask = None
+        self.peers.send(0, wire.ACK, k, b"")
+
+    def _resend_saved_model(self, arrays):
+        """After a resume: the model message of the cut again, byte for byte, to every
+        worker (counted when it first went; the workers expect its sequence number)."""
+        saved = arrays["sent_model"]
+        buf = self.link.shared_buffer()
+        buf[:saved.size] = saved
+        now = time.monotonic()
+        for j in range(self.n):
+            self.link.send_shared(j, saved.size)
+            self.gate.sent(j, self.state.step, now)
+
     def _state_arrays(self) -> dict:
         queued = sorted(self.queued)
-        position, metrics_bytes = self.metrics.position()
+        position, metrics_bytes = ({}, b"") if self.metrics is None else self.metrics.position()
         return {
             **checkpoint.state_arrays(self.state, "alg."),
             "counters": np.array([self.counters[k] for k in COUNTERS], dtype=np.int64),
@@ -493,9 +559,9 @@ class Server:
             "metrics_bytes": np.frombuffer(metrics_bytes, dtype=np.uint8),
         }
 
-    def _restore(self, step):
+    def _restore(self, step) -> dict:
         out = self.ctx.cfg["output"]["dir"]
-        a = checkpoint.load_arrays(os.path.join(checkpoint.step_dir(out, step), "server.npz"))
+        a = checkpoint.load_arrays(checkpoint.rank_file(out, step, "server", self.shard))
         checkpoint.restore_state(self.state, a, "alg.")
         self.counters.update(dict(zip(COUNTERS, (int(v) for v in a["counters"]))))
         self.epochs = float(a["epochs"])
@@ -512,7 +578,9 @@ class Server:
         if "mirrors" in a:
             self.mirrors = a["mirrors"]
         checkpoint.set_rng_state(self.down_rng, a["down_rng"])
-        self.metrics.restore(json.loads(str(a["metrics"])), a["metrics_bytes"].tobytes())
+        if self.metrics is not None:  # (server 0's; the other servers keep no metrics)
+            self.metrics.restore(json.loads(str(a["metrics"])), a["metrics_bytes"].tobytes())
+        return a
 
     # -- shutdown ----------------------------------------------------------------------
 

@@ -26,8 +26,17 @@ CFG = {
 
 
 
-def start(tmp_path, out, *extra, delay=0.0, n=4):
-    cfg = dict(CFG, run=dict(CFG["run"], worker_delay={0: delay} if delay else {}))
+#: sharded servers (sync): each server writes its file of the cut; with a compressed downlink,
+#: so that the servers' mirrors and the workers' must agree after a resume
+SHARDED = {"servers": 2, "downlink": {"compressor": {"name": "random_dithering", "levels": 4,
+                                                     "norm": "inf", "block_size": 10}}}
+
+
+def start(tmp_path, out, *extra, delay=0.0, n=4, servers=1):
+    run = dict(CFG["run"], worker_delay={0: delay} if delay else {}, **(
+        SHARDED if servers > 1 else {}))
+    cfg = dict(CFG, run=run)
+    n += servers - 1
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = [mpiexec.path(), "-n", str(n), sys.executable, "-m", "psgd", "run", str(path),
@@ -61,9 +70,10 @@ def clean_shm():
         path.unlink(missing_ok=True)
 
 
-def test_sigkill_at_random_steps_then_resume_matches_uninterrupted(tmp_path, clean_shm):
+@pytest.mark.parametrize("servers", [1, 2])
+def test_sigkill_at_random_steps_then_resume_matches_uninterrupted(tmp_path, clean_shm, servers):
     ref_out = tmp_path / "ref"
-    code, _, err = finish(start(tmp_path, ref_out))
+    code, _, err = finish(start(tmp_path, ref_out, servers=servers))
     assert code == 0, err
     ref = summary(ref_out)
 
@@ -73,7 +83,8 @@ def test_sigkill_at_random_steps_then_resume_matches_uninterrupted(tmp_path, cle
     resumed = False
     for point in kill_points:
         # a straggler keeps the run slow enough to be caught mid-way
-        proc = start(tmp_path, out, *(["--resume"] if resumed else []), delay=0.004)
+        proc = start(tmp_path, out, *(["--resume"] if resumed else []), delay=0.004,
+                     servers=servers)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
             step = checkpoint.latest(str(out)) if (out / "checkpoints").exists() else None
@@ -85,9 +96,13 @@ def test_sigkill_at_random_steps_then_resume_matches_uninterrupted(tmp_path, cle
         proc.wait(timeout=30)
         resumed = checkpoint.latest(str(out)) is not None
         assert resumed
-    code, stdout, err = finish(start(tmp_path, out, "--resume"))
+    code, stdout, err = finish(start(tmp_path, out, "--resume", servers=servers))
     assert code == 0, err
     assert "resuming from the checkpoint at step" in stdout
+    if servers > 1:
+        last = checkpoint.step_dir(str(out), checkpoint.latest(str(out)))
+        assert sorted(os.listdir(last)) == ["server-1.npz", "server.npz", "worker-0.npz",
+                                            "worker-1.npz", "worker-2.npz"]
     got = summary(out)
     assert got["final_loss"] == ref["final_loss"]
     assert got["bits_up_total"] == ref["bits_up_total"]
@@ -98,10 +113,11 @@ def test_sigkill_at_random_steps_then_resume_matches_uninterrupted(tmp_path, cle
     assert steps == ref_steps  # no duplicated or lost records across the kills
 
 
-def test_sigterm_checkpoints_within_5s_exits_3_and_resume_completes(tmp_path):
+@pytest.mark.parametrize("servers", [1, 2])
+def test_sigterm_checkpoints_within_5s_exits_3_and_resume_completes(tmp_path, servers):
     out = tmp_path / "term"
     proc = start(tmp_path, out, "--set", "run.iterations=100000", "--set", "run.checkpoint_every=100000",
-                 delay=0.002)
+                 delay=0.002, servers=servers)
     deadline = time.monotonic() + 60
     while not (out / "metrics.jsonl").exists() or (out / "metrics.jsonl").stat().st_size < 200:
         assert time.monotonic() < deadline and proc.poll() is None
@@ -116,7 +132,7 @@ def test_sigterm_checkpoints_within_5s_exits_3_and_resume_completes(tmp_path):
     assert step is not None and step > 0
     assert not (out / "summary.json").exists()
     code, stdout, err = finish(start(tmp_path, out, "--resume", "--set", f"run.iterations={step + 50}",
-                                     "--set", "run.checkpoint_every=100000"))
+                                     "--set", "run.checkpoint_every=100000", servers=servers))
     assert code == 0, err
     assert summary(out)["iterations"] == step + 50
 

@@ -32,9 +32,11 @@ def test_absolute_k_splits_in_proportion_and_omega_is_the_worst_ranges():
     assert view.omega(112) < get_compressor(TERN).omega(112)
 
 
-def test_sharded_servers_write_no_checkpoints_yet():
-    with pytest.raises(ConfigError, match="run.checkpoint_every: got 10; allowed: null"):
-        config.validate({"run": {"servers": 2, "checkpoint_every": 10}})
+def test_sharded_async_servers_write_no_checkpoints_yet():
+    with pytest.raises(ConfigError, match="run.checkpoint_every: got 10; allowed: null when "
+                                          "run.servers > 1 in async mode"):
+        config.validate({"run": {"servers": 2, "mode": "async", "checkpoint_every": 10}})
+    config.validate({"run": {"servers": 2, "checkpoint_every": 10}})  # sync: checkpoints
 
 
 def synthetic(compressor, **run):

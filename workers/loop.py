@@ -98,25 +98,35 @@ class Worker:
                             f"worker-{self.j}.npz")
 
     def _checkpoint(self, step):
-        """Write this worker's state for the server's checkpoint ``step``, then ACK."""
+        self._write_checkpoint(step, {"seq": np.array([self.seq_in, self.seq_out])})
+
+    def _write_checkpoint(self, step, sequences):
+        """Write this worker's state for the server's checkpoint ``step``, then ACK (to
+        server 0)."""
         try:
             checkpoint.save_arrays(self._state_path(step), {
-                **checkpoint.state_arrays(self.state, "alg."), "x": self.x,
-                "seq": np.array([self.seq_in, self.seq_out]),
+                **checkpoint.state_arrays(self.state, "alg."), "x": self.x, **sequences,
                 "rng": checkpoint.rng_state(self.rng),
                 "batch_rng": checkpoint.rng_state(self.batch_rng)})
         except OSError as exc:
             raise checkpoint.write_error(self.ctx.cfg["output"]["dir"], step, exc,
                                          f"worker {self.j}: ") from None
+        self._ack(step)
+
+    def _ack(self, step):
         self._send(wire.ACK, step, advance=False)
 
     def restore(self, step):
+        a = self._read_checkpoint(step)
+        self.seq_in, self.seq_out = (int(v) for v in a["seq"])
+
+    def _read_checkpoint(self, step) -> dict:
         a = checkpoint.load_arrays(self._state_path(step))
         checkpoint.restore_state(self.state, a, "alg.")
         self.x = a["x"]
-        self.seq_in, self.seq_out = (int(v) for v in a["seq"])
         checkpoint.set_rng_state(self.rng, a["rng"])
         checkpoint.set_rng_state(self.batch_rng, a["batch_rng"])
+        return a
 
     # -- sending ---------------------------------------------------------------------
 
@@ -178,42 +188,61 @@ class ShardedWorker(Worker):
         for link in self.links:
             link.post_recv()
         everyone = set(range(len(self.links)))
-        live, fresh = set(everyone), {}
+        # the ranges of the next model, applied only once all have arrived: until then this
+        # worker's state is the one after its last gradient, the state a checkpoint saves.
+        # (Each arrived range is copied out so that its link can receive again: a server
+        # may send STOP before the others' ranges come.)
+        live, arrived = set(everyone), {}
         deadline, since, backoff = self.first_deadline, time.monotonic(), Backoff()
         while live:
-            arrived = [s for s in sorted(live) if self.links[s].test()]
-            if not arrived:
+            new = [s for s in sorted(live) if self.links[s].test()]
+            if not new:
                 if time.monotonic() - since > deadline:
                     raise RunError(f"worker {self.j}: timed out after {deadline:.0f} s waiting "
-                                   f"for servers {sorted(live - fresh.keys())}")
+                                   f"for servers {sorted(live - arrived.keys())}")
                 backoff.wait()
                 continue
             backoff.reset()
             since, deadline = time.monotonic(), self.deadline
-            for s in arrived:
+            for s in new:
                 header, payload = self._parse_from(s, *self.links[s].received())
                 if header.kind == wire.STOP:
                     live.discard(s)
-                    fresh.pop(s, None)
+                    arrived.clear()  # the run is over: no model will be completed
                     self._send_to(s, wire.BYE, 0)
-                    continue
+                    continue  # (that server sends nothing more)
                 if header.kind == wire.CKPT:
-                    raise RunError(f"worker {self.j}: checkpoints are not supported with "
-                                   f"run.servers > 1")
-                r = self.ranges[s]
-                try:
-                    self.x[r] = self.ctx.downlinks[s].apply(payload, self.x[r])
-                except WireFormatError as exc:
-                    raise RunError(f"worker {self.j}: bad model message from server {s}: "
-                                   f"{exc}") from None
-                fresh[s] = header.version
+                    self._checkpoint_sharded(header.version, arrived)
+                elif live == everyone:
+                    arrived[s] = (header.version, payload.copy())
+                # (a model after another server's STOP is dropped)
                 self.links[s].post_recv()
-            # the next gradient needs every range; once a server has stopped the run is over
-            if live == everyone and fresh.keys() == everyone:
-                self._send_gradients(fresh)
-                fresh = {}
+            if live == everyone and arrived.keys() == everyone:
+                for r, (_, payload) in arrived.items():
+                    try:
+                        self.x[self.ranges[r]] = self.ctx.downlinks[r].apply(
+                            payload, self.x[self.ranges[r]])
+                    except WireFormatError as exc:
+                        raise RunError(f"worker {self.j}: bad model message from server {r}: "
+                                       f"{exc}") from None
+                versions = {r: v for r, (v, _) in arrived.items()}
+                arrived = {}
+                self._send_gradients(versions)
         for link in self.links:
             link.close()
+
+    def _checkpoint_sharded(self, step, arrived):
+        """This worker's file of a sharded checkpoint: the state after its last gradient
+        (the ranges that have arrived since are not applied; their servers send them again
+        on resume, with the sequence numbers saved here)."""
+        seq_in = [n - (s in arrived) for s, n in enumerate(self.seq_in)]
+        self._write_checkpoint(step, {"seq_in": np.array(seq_in),
+                                      "seq_out": np.array(self.seq_out)})
+
+    def restore(self, step):
+        a = self._read_checkpoint(step)
+        self.seq_in = [int(v) for v in a["seq_in"]]
+        self.seq_out = [int(v) for v in a["seq_out"]]
 
     def _parse_from(self, s, buf, nbytes):
         header, payload = parse_server_message(buf, nbytes, self.j, self.seq_in[s], f"server {s}")
@@ -230,6 +259,10 @@ class ShardedWorker(Worker):
         for s, (link, buf, n) in enumerate(zip(self.links, bufs, sizes)):
             link.send(wire.pack_header(buf, wire.GRAD, self.j, versions[s], self.seq_out[s], n))
             self.seq_out[s] += 1
+
+    def _ack(self, step):  # to server 0, which runs the checkpoint (the sequence stays)
+        buf = self.links[0].send_buffer()
+        self.links[0].send(wire.pack_into(buf, wire.ACK, self.j, step, self.seq_out[0], b""))
 
     def _send_to(self, s, kind, version):
         buf = self.links[s].send_buffer()
