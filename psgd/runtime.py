@@ -159,12 +159,17 @@ class RunContext:
         return self.ps.reg.prox(x, step)
 
 
-def build_context(cfg: dict, roles: Roles) -> RunContext:
+def build_context(cfg: dict, roles: Roles, ps=None, constants=None) -> RunContext:
+    """The run context from the resolved config. ``ps``: the problem as this rank loaded it
+    (a worker rank: only its shard, see :func:`load_problem`), else every shard is loaded;
+    ``constants``: L, L_i and mu as rank 0 computed them from the whole problem, else
+    computed from ``ps``."""
     from . import shards as sharding
 
     n = roles.n_workers
-    ps = problems.make_problem(cfg["problem"], cfg["data"], cfg["seed"], n)
-    c = problems.constants(ps)
+    if ps is None:
+        ps = problems.make_problem(cfg["problem"], cfg["data"], cfg["seed"], n)
+    c = problems.constants(ps) if constants is None else constants
     consts = algorithms.Constants(
         L=_maybe_float(c["L"]), mu=_maybe_float(c["mu"]), d=ps.d,
         L_i=None if c["L_i"] is None else [float(v) for v in c["L_i"]])
@@ -192,6 +197,16 @@ def build_context(cfg: dict, roles: Roles) -> RunContext:
                       streams=streams, x0=ps.initial_point(),
                       has_l1=cfg["problem"].get("l1", 0.0) > 0, tau=tau,
                       shards=shards, uplinks=uplinks, downlinks=downlinks)
+
+
+def load_problem(cfg: dict, roles: Roles, rank: int):
+    """The problem as ``rank`` needs it: server 0 every shard (it computes f*, the constants
+    and the metrics), a worker only its own shard of a data file, a range server none (it
+    needs only d, the weights and x0): each rank holds the data it works on, not the file."""
+    role, index = roles.of(rank)
+    loads = None if (role, index) == ("server", 0) else ([index] if role == "worker" else [])
+    return problems.make_problem(cfg["problem"], cfg["data"], cfg["seed"], roles.n_workers,
+                                 workers=loads)
 
 
 def _maybe_float(v):

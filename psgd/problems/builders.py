@@ -118,9 +118,9 @@ def make_problem(problem_cfg: dict, data_cfg: dict, seed: int, n_workers: int,
     ``problem_cfg`` and ``data_cfg`` are the *resolved* sections of :func:`psgd.config.validate`
     (every default filled); they are not validated again. What needs the worker count is
     checked here: the problem's worker rules and enough samples per worker (ConfigError).
-    ``workers`` (an iterable of worker indices) loads only their shards of a data file, so a
-    worker rank holds 1/n of the data; ``local(i)`` of another worker and the global objective
-    then raise. Unreadable data raise DataFormatError.
+    ``workers`` (an iterable of worker indices, possibly empty) loads only their shards of a
+    data file, so a worker rank holds 1/n of the data; ``local(i)`` of another worker and the
+    global objective then raise. Unreadable data raise DataFormatError.
     """
     if isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer)) \
             or n_workers < 1:
@@ -130,8 +130,8 @@ def make_problem(problem_cfg: dict, data_cfg: dict, seed: int, n_workers: int,
     params = _params(problem_cfg)
     cls.check_workers(params, data_cfg, n_workers)
     if workers is not None:
-        workers = sorted({int(w) for w in workers})
-        if not workers or workers[0] < 0 or workers[-1] >= n_workers:
+        workers = sorted({int(w) for w in workers})  # empty: no shard, only the shape
+        if workers and (workers[0] < 0 or workers[-1] >= n_workers):
             raise ConfigError(f"workers: got {shown(workers)}; allowed: indices in "
                               f"[0, {n_workers})")
     ps = cls.build(params, data_cfg, int(seed), n_workers, workers)

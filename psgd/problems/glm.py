@@ -193,7 +193,8 @@ class _DataProblem(Problem):
             m, d = A.shape
         shards = _data.partition(m, n_workers, data_cfg["partition"], seed)
         if sharded:
-            rows = np.unique(np.concatenate([shards[w] for w in workers]))
+            rows = np.unique(np.concatenate([shards[w] for w in workers]
+                                            + [np.zeros(0, np.int64)]))
             A, labels = _data.read_libsvm(full, d, rows=rows)
             b, extra = cls._targets(labels, full, scan.labels)
             info["nnz"] = scan.nnz
