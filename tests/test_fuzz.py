@@ -1,6 +1,7 @@
 """Fuzzing in CI: the machinery of ``python -m psgd.fuzz`` with a bounded number of cases.
 
-One run of every target (every registered compressor, the envelope, the LIBSVM reader) with
+One run of every target (every registered compressor, the envelope, the LIBSVM reader, the
+config loader) with
 CI_CASES cases each is shared by the tests below; each (target, name) must come out with zero
 failures. The 100 000-case runs are ``python -m psgd.fuzz --cases 100000 --target all``.
 
@@ -24,7 +25,8 @@ from psgd.errors import WireFormatError
 
 CI_CASES = 1500
 SEED = 0
-KEYS = [("codecs", name) for name in available()] + [("wire", "wire"), ("libsvm", "libsvm")]
+KEYS = [("codecs", name) for name in available()] + [("wire", "wire"), ("libsvm", "libsvm"),
+                                                     ("config", "config")]
 
 #: Known decoder defects: {(target, name): (predicate on a failure record, reason)}. Each is
 #: excluded from test_fuzz_finds_no_failure and gets a strict xfail in test_known_defect_is_gone.

@@ -30,7 +30,7 @@ from .mutations import (
 if TYPE_CHECKING:  # a type only: the harness imports this module
     from .harness import Stats
 
-TARGETS = ("codecs", "wire", "libsvm")
+TARGETS = ("codecs", "wire", "libsvm", "config")
 #: vector lengths of the valid encodings that get mutated
 DIMS = (0, 1, 7, 64, 1000)
 OTHER_KEY = 12345
@@ -805,6 +805,53 @@ class LibsvmTarget:
         stats.count(case["op"], outcome)
 
 
+class ConfigTarget:
+    """The config loader: the mutated YAML documents of :mod:`psgd.config_fuzz` (its configs
+    and rules), loaded with ``config.load``: a rejection must be one short line, an acceptance
+    a fixed point of ``validate``, and every case under a second."""
+
+    target = "config"
+    max_ms = 1000.0
+
+    def __init__(self, name: str, seed: int, workdir=None):
+        from .. import config, config_fuzz
+
+        config._components()  # the imports (scipy, the kernels) are start-up, not a case
+        self.fuzz, self.name, self.seed = config_fuzz, name, int(seed)
+        self.docs = config_fuzz.seed_documents()
+        self.notes, self.setup_failures = [f"config: {len(self.docs)} seed documents"], []
+        self.workdir = workdir or tempfile.mkdtemp(prefix="psgd-fuzz-")
+        self.path = os.path.join(self.workdir, f"case-{os.getpid()}.yaml")
+
+    def make_case(self, i: int) -> dict:
+        rnd = case_rng(self.seed, self.target, self.name, i)
+        blob, overrides, op = self.fuzz.mutate(rnd.choice(self.docs), rnd)
+        return {"data": blob, "op": op, "desc": f"overrides {overrides}", "overrides": overrides}
+
+    def run_case(self, i: int, stats: Stats) -> None:
+        case = self.make_case(i)
+        blob, overrides, op = case["data"], case["overrides"], case["op"]
+        with open(self.path, "wb") as fh:
+            fh.write(blob)
+        t0 = time.perf_counter()
+        try:
+            outcome, problem = self.fuzz.check_case(self.path, overrides), None
+        except AssertionError as exc:
+            outcome, problem = "failures", ("contract", str(exc))
+        except Exception as exc:  # noqa: BLE001 - a traceback is what we look for
+            outcome, problem = "failures", ("exception", f"{type(exc).__name__}: {exc}"[:300])
+        ms = (time.perf_counter() - t0) * 1e3
+        if ms > stats.max_ms:
+            stats.max_ms, stats.max_case = ms, i
+        if problem is None and ms > self.max_ms:
+            outcome, problem = "failures", ("slow", f"{ms:.0f} ms (allowed {self.max_ms:.0f})")
+        if problem is not None:
+            stats.fail({"target": self.target, "name": self.name, "seed": self.seed, "case": i,
+                        "op": op, "kind": problem[0], "detail": problem[1],
+                        "mutation": case["desc"], "hex": hexdump(blob)})
+        stats.count(op, outcome)
+
+
 def make_target(target: str, name: str, seed: int, data_dir=None, workdir=None):
     if target == "codecs":
         return CodecTarget(name, seed)
@@ -812,4 +859,6 @@ def make_target(target: str, name: str, seed: int, data_dir=None, workdir=None):
         return WireTarget(name, seed)
     if target == "libsvm":
         return LibsvmTarget(name, seed, data_dir, workdir)
+    if target == "config":
+        return ConfigTarget(name, seed, workdir)
     raise ValueError(f"unknown target {target!r}")
