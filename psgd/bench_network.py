@@ -702,7 +702,8 @@ def plot(result, path, predict=False):
             x = crossover(rates, [b["t_eps_s"] for b in best], [ar[q] for q in rates])
             if x is not None:
                 ax.axvline(x, color="k", ls=":", lw=1)
-                ax.annotate(f"crossover ~{fmt_rate(x)}", (x, ax.get_ylim()[1]), fontsize=8,
+                ax.annotate(f"crossover ~{fmt_rate(float(f'{x:.2g}'))}", (x, ax.get_ylim()[1]),
+                            fontsize=8,
                             ha="center", va="top")
             else:
                 faster = best[0]["t_eps_s"] < ar[rates[0]]

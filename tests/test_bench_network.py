@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -106,6 +107,23 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert again.returncode == 0, again.stderr
     measured = [ln for ln in table.splitlines() if ln.startswith("gd ")]
     assert measured and all(ln[:110] in again.stdout for ln in measured)
+
+
+@pytest.mark.full
+@needs_emulation
+def test_readme_command_as_written(tmp_path):
+    """The README's command (about 25 minutes on 2 cores): every method has a row at every
+    rate and the emulated network is gone afterwards."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    cmd = "psgd bench network --rate 100mbit,1gbit,10gbit --dims 1000000 --workers 4 --predict"
+    assert f"```bash\n{cmd}\n```" in readme
+    proc = _run(["bash", "-c", cmd], timeout=5400, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _namespaces(_prefix(proc.stdout)) == []
+    res = json.loads((tmp_path / "runs" / "bench_network" / "network.json").read_text())
+    rows = res["dims"][0]["rows"]
+    assert {r["rate_bps"] for r in rows} == {None, 100e6, 1e9, 10e9}
+    assert {"allreduce-f64", "allreduce-f32", "gd"} <= {r["method"] for r in rows}
 
 
 @needs_emulation
