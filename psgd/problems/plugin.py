@@ -55,8 +55,10 @@ def resolve_factory(spec: str):
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - any import failure of the user's module
+        hint = (" (is its directory on PYTHONPATH on every rank?)"
+                if isinstance(exc, ModuleNotFoundError) else "")
         raise ConfigError(f"problem.factory: cannot import module {module_name!r} of "
-                          f"{spec!r}: {type(exc).__name__}: {exc}") from None
+                          f"{spec!r}: {type(exc).__name__}: {exc}{hint}") from None
     factory = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
