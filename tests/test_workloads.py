@@ -323,3 +323,20 @@ def test_mlp_trains_under_mpiexec_with_test_metrics(run_psgd):
     # 300 steps x 4 workers x 32 samples over 1438 training samples
     assert last["epoch"] == pytest.approx(300 * 4 * 32 / 1438, rel=1e-6)
     assert "test_accuracy" in res.stdout and "subopt n/a" in res.stdout
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_diana_ternary_matches_sgd_accuracy_at_over_10x_fewer_uplink_bits(run_psgd):
+    """The acceptance run (configs/mlp_digits.yaml, 4 workers, 1500 steps = 133.5 epochs):
+    DIANA with the ternary quantizer within 1 point of uncompressed SGD's test accuracy at the
+    same epochs, sending more than 10x fewer bits up. Quick form: test_mlp_trains_... above."""
+    cfg = REPO / "configs" / "mlp_digits.yaml"
+    diana = run_psgd(5, cfg, timeout=300, out="diana")
+    sgd = run_psgd(5, cfg, "algorithm.name=gd", "compressor={name: identity}", timeout=300,
+                   out="sgd")
+    assert diana.returncode == 0 and sgd.returncode == 0, diana.stderr + sgd.stderr
+    d, s = diana.metrics[-1], sgd.metrics[-1]
+    assert d["epoch"] == s["epoch"]
+    assert d["test_accuracy"] >= s["test_accuracy"] - 0.01
+    assert diana.summary["bits_up_total"] * 10 < sgd.summary["bits_up_total"]
