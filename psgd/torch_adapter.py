@@ -93,9 +93,10 @@ class TorchWorker:
         self._load(x)
         self._zero_grad()
         self.module.train()
-        total = sum(len(t) for _, t in self.loader)
+        batches = list(self.loader)  # one pass (a shuffling loader gives other batches next)
+        total = sum(len(t) for _, t in batches)
         value = 0.0
-        for inputs, targets in self.loader:
+        for inputs, targets in batches:
             share = len(targets) / total
             value += share * self._backward(inputs, targets, share)
         return value, self._grad()
