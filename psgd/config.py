@@ -90,7 +90,7 @@ def _named_section(kind: str, given, default_name: str | None, path: str | None 
         raise ConfigError(f"{path}.name: missing; allowed: a registered {kind} name "
                           "(see `psgd list`)")
     cls = lookup(kind, name, path)
-    params = check_params(path, cls.params, given)
+    params = check_params(path, cls.params, given, getattr(cls, "open_params", False))
     return {"name": name, **params}
 
 
@@ -195,8 +195,8 @@ def check_launch(cfg: dict, n_workers: int | None = None) -> None:
     """What ``psgd run`` checks before its first step, on a resolved config.
 
     The data file exists and its first lines parse; with ``n_workers``, the problem's worker
-    rules (rosenbrock: exactly 2), enough samples for every worker and the ``worker_delay``
-    indices. Raises ConfigError or DataFormatError (one line).
+    rules (rosenbrock: exactly 2), what only building it shows (the ``python`` factory's
+    objects), enough samples for every worker and the ``worker_delay`` indices. Raises ConfigError or DataFormatError (one line).
     """
     from . import data, problems
 
@@ -205,6 +205,7 @@ def check_launch(cfg: dict, n_workers: int | None = None) -> None:
             raise ConfigError(f"-n: got {shown(n_workers)}; allowed: the number of workers, "
                               "an integer >= 1 (mpiexec -n N runs N - 1 workers)")
         problems.check_workers(cfg["problem"], cfg["data"], n_workers)
+        problems.check_build(cfg, n_workers)  # the python factory's objects, at x0
         bad = [k for k in cfg["run"]["worker_delay"] if k >= n_workers]
         if bad:
             raise ConfigError(f"run.worker_delay: worker index {bad[0]} does not exist; "

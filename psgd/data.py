@@ -2,7 +2,8 @@
 
 Config section ``data`` (see :data:`DATA_SPEC`, checked by :func:`check_data_config`)::
 
-    source:     synthetic | libsvm              (default synthetic)
+    source:     synthetic | libsvm | digits     (default synthetic; digits: scikit-learn's bundled
+                                                 8x8 digit images, for the networks)
     path:       LIBSVM file (see :func:`resolve_path`; .bz2/.gz/.xz read as such; libsvm only)
     n_features: libsvm: null = the largest index in the file; synthetic: default 50
     n_samples:  synthetic only, default 1000
@@ -30,8 +31,9 @@ SYNTHETIC_N_FEATURES = 50
 SYNTHETIC_LABEL_FLIP = 0.1
 
 DATA_SPEC = {
-    "source": Choice("synthetic", "libsvm", default="synthetic",
-                     doc="where samples come from"),
+    "source": Choice("synthetic", "libsvm", "digits", default="synthetic",
+                     doc="where samples come from (digits: scikit-learn's bundled 8x8 images, "
+                         "1797 samples, 10 classes)"),
     "path": Nullable(Str(), doc="LIBSVM file (libsvm only): absolute or ./relative as given, "
                                 "a bare name in $PSGD_DATA; .bz2/.gz/.xz decompressed"),
     "n_features": Nullable(Int(1, MAX_FEATURES),
@@ -62,6 +64,12 @@ def check_data_config(cfg) -> dict:
             if out[key] is not None:
                 raise ConfigError(f"data.{key}: got {shown(out[key])}; allowed: null "
                                   f"(data.{key} is only for data.source synthetic)")
+    elif out["source"] == "digits":
+        for key in ("path", "n_features", *_SYNTHETIC_ONLY):
+            if out[key] is not None:
+                raise ConfigError(f"data.{key}: got {shown(out[key])}; allowed: null "
+                                  f"(data.source digits is a fixed data set: 1797 samples, "
+                                  f"64 features)")
     else:
         if out["path"] is not None:
             raise ConfigError(f"data.path: got {shown(out['path'])}; allowed: null "
@@ -128,6 +136,8 @@ STREAM_SYNTHETIC = 1   # synthetic samples and labels
 STREAM_SHUFFLE = 2     # the shuffled partition of samples over workers
 STREAM_CENTERS = 3     # quadratic: worker i's center c_i (with i)
 STREAM_ROTATION = 4    # quadratic: the random orthogonal basis
+STREAM_SPLIT = 5       # the networks: the train/test split
+STREAM_INIT = 6        # the networks: the initial weights
 
 
 def _rng(seed, *stream) -> np.random.Generator:
@@ -162,6 +172,23 @@ def synthetic(problem_name: str, n_samples: int, n_features: int, seed: int, noi
     flip = rng.random(m) < SYNTHETIC_LABEL_FLIP
     b[flip] = -b[flip]
     return A, b
+
+
+# -- bundled data sets ------------------------------------------------------------------------
+
+
+def digits():
+    """scikit-learn's bundled digits: ``(X, y)``, X (1797, 64) float64 in [0, 1], y int64 0..9.
+
+    The images ship inside scikit-learn (no download). Without scikit-learn: ConfigError.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ConfigError("data.source: got 'digits', which needs scikit-learn (not installed); "
+                          "allowed: pip install scikit-learn, or another data.source") from None
+    bunch = load_digits()
+    return np.asarray(bunch.data, dtype=np.float64) / 16.0, np.asarray(bunch.target, np.int64)
 
 
 # -- partitions -------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ class Metrics:
         #: a loss above this counts as divergence
         self.loss_bound = self.f0 + DIVERGED * (abs(self.f0) + 1.0)
         self.target = ctx.cfg["run"]["target"]
+        self.extra_keys = []  # the problem's own metrics, as evaluate last found them
         #: the first update at which run.target held: step, time and bits then
         self.reached = None
 
@@ -110,6 +111,9 @@ class Metrics:
             rec["rel_subopt"] = subopt / self.gap0
         if self.dist0:
             rec["dist2"] = float(np.sum((x - ctx.x_star) ** 2)) / self.dist0
+        extra = ctx.ps.evaluate(x)  # the problem's own metrics (test accuracy, ...)
+        self.extra_keys = [k for k in extra if k not in rec]
+        rec.update({k: extra[k] for k in self.extra_keys})
         return rec
 
     def check(self, server):
@@ -170,7 +174,9 @@ class Metrics:
         subopt = "n/a" if rec["subopt"] is None else f"{rec['subopt']:.3e}"
         print(f"step {k:>7}/{self.iterations}  subopt {subopt}  loss {rec['loss']:.9e}  "
               f"bits_up {fmt_bits(rec['bits_up'])}  bits_down {fmt_bits(rec['bits_down'])}  "
-              f"stale<= {rec['staleness_max']}  {rec['time_s']:.1f} s",
+              f"stale<= {rec['staleness_max']}  {rec['time_s']:.1f} s"
+              + "".join(f"  {key} {rec[key]:.4g}" for key in self.extra_keys
+                        if isinstance(rec.get(key), (int, float))),
               file=self.stream, flush=True)
         return rec
 

@@ -209,6 +209,23 @@ class Mapping(Constraint):
         return {self.key.convert(k): self.value.convert(v) for k, v in value.items()}
 
 
+class List(Constraint):
+    """A list of ``min_len`` to ``max_len`` items, each what ``inner`` allows (e.g. layer widths)."""
+
+    def __init__(self, inner: Constraint, min_len=0, max_len=64, default=None, **kw):
+        super().__init__(default, **kw)
+        self.inner, self.min_len, self.max_len = inner, min_len, max_len
+
+    def describe(self):
+        return (f"a list of {self.min_len} to {self.max_len} items, each "
+                f"{self.inner.describe()}")
+
+    def convert(self, value):
+        if not isinstance(value, (list, tuple)) or not self.min_len <= len(value) <= self.max_len:
+            raise ValueError
+        return [self.inner.convert(v) for v in value]
+
+
 class AnyMapping(Constraint):
     """Any mapping; its contents are validated by whoever owns them."""
 
@@ -221,10 +238,12 @@ class AnyMapping(Constraint):
         return dict(value)
 
 
-def check_params(path: str, spec: dict, given: dict) -> dict:
+def check_params(path: str, spec: dict, given: dict, open_keys: bool = False) -> dict:
     """Validate ``given`` against ``spec``; return a new dict with every default filled in.
 
-    Unknown keys are errors: a typo must never silently fall back to a default.
+    Unknown keys are errors: a typo must never silently fall back to a default. With
+    ``open_keys`` (the ``python`` problem, whose other keys are its factory's parameters)
+    keys outside ``spec`` are kept as given, after the spec's own keys.
     """
     if given is None:
         given = {}
@@ -232,7 +251,7 @@ def check_params(path: str, spec: dict, given: dict) -> dict:
         raise ConfigError(f"{path}: got {shown(given)}; allowed: a mapping of "
                           f"{', '.join(spec) or 'no keys'}")
     unknown = sorted(set(given) - set(spec), key=str)
-    if unknown:
+    if unknown and not open_keys:
         allowed = ", ".join(spec) if spec else "no parameters"
         key = str(unknown[0])
         key = key if len(key) <= SHOWN_CHARS else key[:SHOWN_CHARS - 3] + "..."
@@ -245,4 +264,8 @@ def check_params(path: str, spec: dict, given: dict) -> dict:
             raise ConfigError(f"{path}.{key}: missing; allowed: {constraint.describe()}")
         else:
             out[key] = constraint.default
+    for key in unknown:  # (open_keys only)
+        if not isinstance(key, str):
+            raise ConfigError(f"{path}: key {shown(key)} is not a string; allowed: string keys")
+        out[key] = given[key]
     return out

@@ -241,7 +241,7 @@ def register_compressor(cls):
     if not isinstance(cls.codec_id, int) or not 1 <= cls.codec_id <= 255:
         raise TypeError(f"compressor {cls.__qualname__}: codec_id must be an int in [1, 255], "
                         f"got {cls.codec_id!r}")
-    for other in classes("compressor").values():
+    for other in classes("compressor", plugins=False).values():
         if other.codec_id == cls.codec_id and other.name != cls.name:
             raise RuntimeError(
                 f"codec id {cls.codec_id} of {cls.__module__}.{cls.__qualname__} "

@@ -31,12 +31,13 @@ Modules: :mod:`.objectives` (the Objective interface), :mod:`.regulariser` (L1 a
 :mod:`.problemset` (ProblemSet), :mod:`.builders` (the Problem base and the entry points),
 :mod:`.solvers` (reference solvers, :func:`solve`), :mod:`.constants`, and one module per
 family, each registered with ``@register("problem")``: :mod:`.glm` (``logistic``,
-``least_squares``), :mod:`.quadratic`, :mod:`.rosenbrock`. ``quadratic`` and ``rosenbrock``
-ignore the ``data`` section (a ``libsvm`` source is an error).
+``least_squares``), :mod:`.quadratic`, :mod:`.rosenbrock`, :mod:`.plugin` (``python``: the
+user's own factory), :mod:`.mlp` (``mlp``: a NumPy network on ``data.source: digits``).
+``quadratic`` and ``rosenbrock`` ignore the ``data`` section (a ``libsvm`` source is an error).
 """
 
-from .builders import (Problem, check_config, check_problem_config, check_workers, dimension,
-                       make_problem, uses_data)
+from .builders import (Problem, check_build, check_config, check_problem_config, check_workers,
+                       dimension, make_problem, uses_data)
 from .constants import constants
 from .objectives import DENSE_MAX, Objective
 from .problemset import ProblemSet
@@ -45,9 +46,12 @@ from .solvers import solve
 from .glm import LeastSquares, LeastSquaresObjective, Logistic, LogisticObjective  # registers
 from .quadratic import Quadratic, QuadraticObjective, quadratic_spectrum  # registers
 from .rosenbrock import Rosenbrock, RosenbrockObjective  # registers
+from .plugin import PythonProblem  # registers
+from .mlp import MLP  # registers
 
 __all__ = ["DENSE_MAX", "L1Reg", "LeastSquares", "LeastSquaresObjective", "Logistic",
            "LogisticObjective", "Objective", "Problem", "ProblemSet", "Quadratic",
-           "QuadraticObjective", "Rosenbrock", "RosenbrockObjective", "check_config",
+           "QuadraticObjective", "Rosenbrock", "RosenbrockObjective", "MLP", "PythonProblem", "check_build",
+           "check_config",
            "check_problem_config", "check_workers", "constants", "dimension", "make_problem",
            "quadratic_spectrum", "solve", "uses_data"]

@@ -23,6 +23,10 @@ class Problem:
     name: str
     params: dict = {}
     uses_data = False
+    #: the data sources this problem accepts (``data.source``)
+    sources: tuple = ("synthetic", "libsvm")
+    #: keys outside ``params`` are kept as given (the ``python`` problem's factory params)
+    open_params = False
 
     @classmethod
     def check_config(cls, params: dict, data_cfg: dict) -> None:
@@ -30,10 +34,20 @@ class Problem:
         if not cls.uses_data and data_cfg.get("source") == "libsvm":
             raise ConfigError("data.source: got 'libsvm'; allowed: synthetic "
                               f"(problem {cls.name} uses no data file)")
+        source = data_cfg.get("source")
+        if source not in cls.sources:
+            raise ConfigError(f"data.source: got {shown(source)}; allowed: "
+                              f"{', '.join(cls.sources)} (for problem {cls.name})")
 
     @classmethod
     def check_workers(cls, params: dict, data_cfg: dict, n_workers: int) -> None:
         """Rules on the worker count (the data's sample count is checked by the data layer)."""
+
+    @classmethod
+    def check_build(cls, params: dict, data_cfg: dict, seed: int, n_workers: int,
+                    batch_size=None) -> None:
+        """Rules that need the problem built (the ``python`` factory's objects); by default
+        none, since building a data problem reads the whole file."""
 
     @classmethod
     def dimension(cls, params: dict, data_cfg: dict) -> int | None:
@@ -76,6 +90,12 @@ def check_workers(problem_cfg: dict, data_cfg: dict, n_workers: int) -> None:
     _family(problem_cfg).check_workers(_params(problem_cfg), data_cfg, n_workers)
 
 
+def check_build(cfg: dict, n_workers: int) -> None:
+    """What only building the problem can show, on a resolved config (psgd run, validate -n)."""
+    _family(cfg["problem"]).check_build(_params(cfg["problem"]), cfg["data"], cfg["seed"],
+                                        n_workers, cfg["algorithm"].get("batch_size"))
+
+
 def dimension(problem_cfg: dict, data_cfg: dict) -> int | None:
     """d when the config decides it (synthetic data, quadratic, rosenbrock), else None."""
     return _family(problem_cfg).dimension(_params(problem_cfg), data_cfg)
@@ -102,7 +122,7 @@ def check_problem_config(problem_cfg, data_cfg=None, n_workers=None) -> dict:
     if "name" not in cfg:
         raise ConfigError(f"problem.name: missing; allowed: one of {', '.join(names('problem'))}")
     cls = lookup("problem", cfg.pop("name"))
-    params = check_params("problem", cls.params, cfg)
+    params = check_params("problem", cls.params, cfg, cls.open_params)
     if data_cfg is not None:
         data_cfg = _data.check_data_config(data_cfg)
         cls.check_config(params, data_cfg)

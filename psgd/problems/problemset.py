@@ -16,11 +16,14 @@ class ProblemSet:
     ``reference`` and ``constants`` hooks :func:`solve` and :func:`constants` call).
     Methods: ``local(i)`` (worker i's Objective, 0-based,
     built on first use and cached), ``global_objective`` (the smooth part f), ``loss(x)``
-    (f(x) + R(x)), ``initial_point()``, ``describe()``.
+    (f(x) + R(x)), ``initial_point()``, ``describe()``, ``evaluate(x)`` (extra metrics a
+    problem logs beside the loss, e.g. ``test_accuracy``; ``{}`` unless it has an
+    ``evaluator``). ``layers``: the sizes of the model's parameter groups in vector order
+    (a network's layers; None for a problem without them).
     """
 
     def __init__(self, *, name, params, d, weights, n_samples, local_factory, global_factory,
-                 reg, x0, info, kind, family=None):
+                 reg, x0, info, kind, family=None, evaluator=None, layers=None):
         self.name = name
         self.params = dict(params)
         self.d = int(d)
@@ -38,6 +41,8 @@ class ProblemSet:
         self._global = None
         self._solution = None
         self._constants = None
+        self._evaluator = evaluator
+        self.layers = None if layers is None else [int(v) for v in layers]
 
     def local(self, i: int) -> Objective:
         i = int(i)
@@ -59,6 +64,10 @@ class ProblemSet:
 
     def initial_point(self) -> np.ndarray:
         return self._x0.copy()
+
+    def evaluate(self, x) -> dict:
+        """Extra metrics of the model ``x`` (name -> float), logged at every logging step."""
+        return {} if self._evaluator is None else dict(self._evaluator(x))
 
     def describe(self) -> dict:
         out = {"problem": self.name, **self.params, "d": self.d, "n_workers": self.n_workers}
