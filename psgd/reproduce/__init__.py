@@ -34,9 +34,9 @@ class Reproduction:
 
 
 def registry() -> dict[str, Reproduction]:
-    from . import diana, pending
+    from . import diana, khirirat, pending
 
-    items = [*diana.REPRODUCTIONS, *pending.REPRODUCTIONS]
+    items = [*diana.REPRODUCTIONS, *khirirat.REPRODUCTIONS, *pending.REPRODUCTIONS]
     return {r.name: r for r in items}
 
 

@@ -105,3 +105,17 @@ def write_report(out: Path, *, title, claim, setup, measured, figures, verdict, 
     result = {**result, "verdict": verdict}
     (out / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
+
+
+def setup_text(cfg, variants, common, ranks, extra) -> str:
+    """The REPORT's setup section: the base config and every variant's overrides."""
+    lines = [f"Base config `configs/papers/{cfg.name}`; every run is "
+             f"`mpiexec -n {ranks} psgd run {cfg.name} --set ...` with:", ""]
+    if common:
+        lines.append(f"- every run: `{' '.join('--set ' + c for c in common)}`")
+    for v in variants:
+        sets = " ".join("--set " + s for s in v.sets) or "(the base config)"
+        lines.append(f"- {v.label} (`runs/{v.name}`): {sets}")
+    if extra:
+        lines += ["", extra]
+    return "\n".join(lines)

@@ -12,7 +12,7 @@ from ..plot import figure
 from ..report import first_below
 from . import Reproduction
 from .common import (Variant, config_path, data_given, md_table, needs_data, plateau,
-                     run_variants, sci, write_report)
+                     run_variants, sci, setup_text as _setup, write_report)
 
 PAPER = "DIANA (Mishchenko et al. 2019, arXiv 1901.09269 v1)"
 DQGD = "algorithm.name=dqgd"
@@ -412,19 +412,6 @@ def _table3_why(result, workers, datasets) -> str:
 
 def _int(v):
     return "-" if v is None else f"{v:.0f}"
-
-
-def _setup(cfg, variants, common, ranks, extra) -> str:
-    lines = [f"Base config `configs/papers/{cfg.name}`; every run is "
-             f"`mpiexec -n {ranks} psgd run {cfg.name} --set ...` with:", ""]
-    if common:
-        lines.append(f"- every run: `{' '.join('--set ' + c for c in common)}`")
-    for v in variants:
-        sets = " ".join("--set " + s for s in v.sets) or "(the base config)"
-        lines.append(f"- {v.label} (`runs/{v.name}`): {sets}")
-    if extra:
-        lines += ["", extra]
-    return "\n".join(lines)
 
 
 REPRODUCTIONS = [

@@ -15,12 +15,6 @@ REPRODUCTIONS = [
                 "and only ef/ef21 accept them today) and the dist2 metric ||x - x*||^2 / "
                 "||x0 - x*||^2 in metrics.jsonl"),
     Reproduction(
-        "khirirat", "Khirirat et al. (compressed gradients with staleness)",
-        "rounding/sign/top-k compressed GD and IAG, tau in {0, 2, 5, n-1}: the 3 eps/mu ball",
-        missing="needs compressed GD/IAG with biased compressors under delay (algorithm cgd: "
-                "dqgd/diana take only unbiased compressors and ef/ef21 refuse rounding) and "
-                "Khirirat's Theorem A/B step sizes with the ball radius in summary.json"),
-    Reproduction(
         "flynn", "Flynn et al. (problem-dependent bounds for linear compression)",
         "Haar, Gaussian, rand-k, coordinate sketches on flat / power-law / low-rank spectra: "
         "measured penalty vs lambda_S/||L|| vs d/k",
