@@ -145,6 +145,7 @@ def test_same_code_paths_on_synthetic_data(tmp_path, data_dir_optional, fn, runs
 
 
 @pytest.mark.mpi
+@pytest.mark.slow  # about 90 s on 2 shared cores (CI runs the slow tests too)
 def test_khirirat_quick(tmp_path):
     """Rounding GD / IAG inside its proven ball for every tau, the rate bound at every record."""
     import math

@@ -34,9 +34,10 @@ class Reproduction:
 
 
 def registry() -> dict[str, Reproduction]:
-    from . import diana, khirirat, pending
+    from . import diana, flynn, khirirat, pending
 
-    items = [*diana.REPRODUCTIONS, *khirirat.REPRODUCTIONS, *pending.REPRODUCTIONS]
+    items = [*diana.REPRODUCTIONS, *khirirat.REPRODUCTIONS, *flynn.REPRODUCTIONS,
+             *pending.REPRODUCTIONS]
     return {r.name: r for r in items}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +13,9 @@ from pathlib import Path
 from ..results import Run
 from ..sweep import run_points
 
-#: configs/papers/ in the source tree (the package is installed editable or from a checkout)
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "papers"
+#: the base configs, package data of psgd.reproduce (so an installed psgd has them; in the
+#: source checkout configs/papers links here)
+CONFIGS = Path(str(resources.files("psgd.reproduce") / "configs"))
 
 
 class ReproduceError(RuntimeError):
@@ -33,7 +35,8 @@ class Variant:
 def config_path(name: str) -> Path:
     path = CONFIGS / name
     if not path.is_file():
-        raise ReproduceError(f"{path} not found (configs/papers/ ships with the source tree)", 2)
+        raise ReproduceError(f"{path} not found (the configs ship as package data of "
+                             f"psgd.reproduce: reinstall psgd)", 2)
     return path
 
 
