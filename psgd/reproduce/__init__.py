@@ -34,10 +34,10 @@ class Reproduction:
 
 
 def registry() -> dict[str, Reproduction]:
-    from . import diana, flynn, khirirat, pending
+    from . import albasyoni, diana, flynn, khirirat
 
     items = [*diana.REPRODUCTIONS, *khirirat.REPRODUCTIONS, *flynn.REPRODUCTIONS,
-             *pending.REPRODUCTIONS]
+             *albasyoni.REPRODUCTIONS]
     return {r.name: r for r in items}
 
 
