@@ -164,6 +164,13 @@ def _f(v):
 def _why(R, variants, d, k):
     lines = []
     sk = [v.name for v in variants if "predicted" in R[v.name] and R[v.name]["measured"]]
+    missing = [v.name for v in variants if "predicted" in R[v.name] and not R[v.name]["measured"]]
+    if missing:
+        lines.append(f"Not reached within the iteration cap (no measured penalty): "
+                     f"{', '.join(missing)}; their predicted penalties are "
+                     + ", ".join(f"{R[n]['predicted']:.3g}" for n in missing) + ".")
+    if not sk:
+        return "\n\n".join(lines)
     ratios = [R[n]["measured"] / R[n]["predicted"] for n in sk]
     worst = max(sk, key=lambda n: abs(R[n]["measured"] / R[n]["predicted"] - 1))
     lines.append(
@@ -176,7 +183,7 @@ def _why(R, variants, d, k):
     h = R["power-diag-haar"]
     lines.append(
         f"On the power law (tr L/||L|| = {h['trace_ratio']:.3g}) the Haar penalty is "
-        f"{h['measured']:.3g} against the predicted {h['predicted']:.3g} and the worst case "
+        f"{_f(h['measured'])} against the predicted {h['predicted']:.3g} and the worst case "
         f"{h['worst_case']:.3g}: the effective rank, not d, sets it.")
     cd, cr = R["power-diag-coord"], R["power-rot-coord"]
     lines.append(
