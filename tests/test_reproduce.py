@@ -224,10 +224,15 @@ def test_albasyoni_quick(tmp_path):
         return next(x["payload_bits_up"] for x in _records(out / "runs" / name)
                     if x["dist2"] <= 1e-4)
 
-    for key in ("ridge", "logistic"):
-        names = [p.name for p in (out / "runs").iterdir() if p.name.startswith(key + "-")]
-        ref = min(cost(n) for n in names if n.endswith("basic") or "-top" in n)
-        for new in ("spherical", "sd-biased", "sd-unbiased"):
-            assert cost(f"{key}-{new}") < ref, (key, new)
+    # ridge: every new compressor below Basic and the best top-k (2-4x, not the poster's 5x)
+    names = [p.name for p in (out / "runs").iterdir() if p.name.startswith("ridge-")]
+    ref = min(cost(n) for n in names if n.endswith("basic") or "-top" in n)
+    for new in ("spherical", "sd-biased", "sd-unbiased"):
+        assert cost(f"ridge-{new}") < ref, new
+    # the reason found where it falls short: Basic needs only a few iterations on these
+    # well-conditioned synthetic stand-ins (the poster's byte counts imply hundreds)
+    basic_steps = next(x["step"] for x in _records(out / "runs" / "logistic-basic")
+                       if x["dist2"] <= 1e-4)
+    assert basic_steps < 20
     text = (out / "REPORT.md").read_text()
-    assert "**[P]**" in text and "## Verdict: " in text
+    assert "**[P]**" in text and "## Verdict: " in text and "well conditioned" in text
