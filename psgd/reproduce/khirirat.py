@@ -207,7 +207,7 @@ def _why(R, variants, n, taus, proven):
             f"(gd-direct-tau{n - 1}; it was at {math.sqrt(EPS_DIST2) * gd['dist0']:.3g} at step "
             f"{gd['steps_to_eps']}): the distance is the direct form's, not the compressor's. "
             f"Its fixed point weights each worker's f_i by how often its messages are applied, "
-            f"so unequal arrival rates (5 ranks on 2 shared cores) pull x toward the faster "
+            f"so unequal arrival rates ({n + 1} ranks on 2 shared cores) pull x toward the faster "
             f"workers' optima, on top of the constant-step incremental neighbourhood; the "
             f"per-worker message counts were not recorded, so that share is not measured here.")
     others = {k: R[k] for k in R if k.startswith(("sign", "topk"))}
