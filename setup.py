@@ -115,6 +115,8 @@ class OptionalBuildExt(build_ext):
 setup(
     packages=list(PACKAGE_DIR),
     package_dir=PACKAGE_DIR,
+    # the reproductions' base configs (configs/papers is a link to them in the checkout)
+    package_data={"psgd.reproduce": ["configs/*.yaml"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
 )

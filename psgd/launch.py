@@ -308,6 +308,8 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
     print(f"step sizes: gamma={h.gamma:.6g} alpha={h.alpha:.6g} momentum={h.momentum:g} "
           f"form={h.form} omega={_fmt(omega)}{f' p={h.p_full:.6g}' if h.p_full else ''} "
           f"[{h.rule}]", flush=True)
+    if h.ball_radius is not None:
+        print(f"ball: ||x - x*|| <= {h.ball_radius:.6g} (proven radius, in summary.json)", flush=True)
     mets = metrics.Metrics(ctx, out_dir, resume=resume_step is not None)
     view = ctx.for_shard(0)
     server = Server(_server_link(comm, view), view, mets, stop_requests=received,
@@ -350,6 +352,7 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
         **({"shards": ranges} if ranges else {}),
         "stepsize": h.gamma,
         "stepsize_rule": h.rule,
+        **({"ball_radius": h.ball_radius} if h.ball_radius is not None else {}),
         "alpha": h.alpha,
         "momentum": h.momentum,
         **({"p_full": h.p_full} if h.p_full else {}),

@@ -172,7 +172,8 @@ def build_context(cfg: dict, roles: Roles, ps=None, constants=None) -> RunContex
     c = problems.constants(ps) if constants is None else constants
     consts = algorithms.Constants(
         L=_maybe_float(c["L"]), mu=_maybe_float(c["mu"]), d=ps.d,
-        L_i=None if c["L_i"] is None else [float(v) for v in c["L_i"]])
+        L_i=None if c["L_i"] is None else [float(v) for v in c["L_i"]],
+        smoothness_matrix=c.get("smoothness_matrix"))
     compressor = get_compressor(cfg["compressor"])
     run = cfg["run"]
     tau = run["max_staleness"] if run["mode"] == "async" else 0

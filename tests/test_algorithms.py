@@ -144,6 +144,25 @@ def test_diana_momentum_converges():
     assert np.linalg.norm(x - x_star) < 1e-8
 
 
+def test_diana_momentum_theory_step_is_theorem_7s_largest():
+    """The heavy-ball step meets both of Theorem 7's conditions, the second with equality."""
+    _, _, consts = make_problem()
+    comp = get_compressor(TERN)
+    n, beta = 4, 0.5
+    alg = build("diana", comp, consts, momentum=beta)
+    g, L, alpha = alg.hyper.gamma, consts.L, alg.hyper.alpha
+    omega = comp.omega(12)
+    alpha_p = 1 / (1 + omega)
+    w = 1 + omega / n                                  # the theorem's (n-1)/n + 1/(n alpha_p)
+    xi = max(1 - alpha, beta)
+    zeta = w + alpha * (w - 1) / (1 - xi)
+    delta = 1 + 2 / n * (1 / alpha_p - 1) * (1 + alpha / abs(1 - alpha - beta))
+    assert g < (1 - beta**2) / (2 * L * zeta)
+    assert beta**2 / ((1 - beta)**2 * (1 - xi)) == pytest.approx(
+        (1 - beta**2 - 2 * L * g * zeta) / (g**2 * L**2 * delta))
+    assert "Thm 7" in alg.hyper.rule and "heuristic" not in alg.hyper.rule
+
+
 def test_unequal_weights_generalise_one_over_n_for_diana():
     _, _, consts = make_problem()
     comp = get_compressor(TERN)

@@ -84,9 +84,9 @@ def test_logistic_is_numerically_stable():
 
 
 @pytest.mark.parametrize("rotate", [False, True])
-@pytest.mark.parametrize("spectrum", ["linear", "log", "power"])
+@pytest.mark.parametrize("spectrum", ["linear", "log", "cubic", "power", "lowrank"])
 def test_quadratic_derivatives_and_spectrum(rotate, spectrum):
-    ps = make({"name": "quadratic", "n_features": 8, "mu": 0.5, "L": 4.0,
+    ps = make({"name": "quadratic", "n_features": 8, "mu": 0.5, "L": 4.0, "rank": 3,
                          "spectrum": spectrum, "rotate": rotate}, {}, seed=0, n_workers=3)
     obj = ps.local(1)
     x = np.random.default_rng(2).standard_normal(8)
@@ -96,7 +96,21 @@ def test_quadratic_derivatives_and_spectrum(rotate, spectrum):
     ev = np.linalg.eigvalsh(H)
     assert ev[0] == pytest.approx(0.5) and ev[-1] == pytest.approx(4.0)
     assert rotate or np.count_nonzero(H - np.diag(np.diag(H))) == 0
-    assert P.constants(ps) == {"L": 4.0, "L_i": [4.0] * 3, "mu": 0.5}
+    c = P.constants(ps)
+    assert {k: c[k] for k in ("L", "L_i", "mu")} == {"L": 4.0, "L_i": [4.0] * 3, "mu": 0.5}
+    np.testing.assert_allclose(c["smoothness_matrix"](), H, atol=1e-12)  # the sketch rule's L
+
+
+def test_quadratic_power_law_and_low_rank_spectra():
+    from psgd.problems.quadratic import quadratic_spectrum
+
+    lam = quadratic_spectrum(0.0, 2.0, 5, "power", exponent=2.0)
+    np.testing.assert_allclose(lam, 2.0 * np.arange(5, 0, -1, dtype=float) ** -2.0)
+    lam = quadratic_spectrum(0.3, 1.0, 4, "power", exponent=1.0)  # floored at mu
+    np.testing.assert_allclose(lam, [0.3, 1 / 3, 0.5, 1.0])
+    assert quadratic_spectrum(0.01, 1.0, 6, "lowrank", rank=2).tolist() == [0.01] * 4 + [1.0] * 2
+    # the old 'power' (mu + (L - mu) t^3) lives on as 'cubic'
+    np.testing.assert_allclose(quadratic_spectrum(0.0, 1.0, 3, "cubic"), [0.0, 0.125, 1.0])
 
 
 def test_rosenbrock_split():
@@ -288,6 +302,8 @@ def test_constants_bound_the_hessian():
     ({"name": "quadratic"}, {"source": "libsvm", "path": "x"}, 2, "data.source"),
     ({"name": "quadratic", "mu": 2.0, "L": 1.0}, {}, 2, "problem.mu"),
     ({"name": "quadratic", "mu": 0.0, "spectrum": "log"}, {}, 2, "problem.mu"),
+    ({"name": "quadratic", "n_features": 5, "spectrum": "lowrank", "rank": 6}, {}, 2,
+     "problem.rank"),
     ({"name": "quadratic", "n_features": 5000, "rotate": True}, {}, 2, "problem.n_features"),
     ({"name": "logistic", "l2": -1.0}, {}, 2, "problem.l2"),
     ({"name": "logistic", "lambda": 1.0}, {}, 2, "problem.lambda"),

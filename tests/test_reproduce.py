@@ -49,17 +49,14 @@ def _check_report(out, runs):
     return result
 
 
-def test_list_shows_all_and_pending_ones_say_what_is_missing(tmp_path):
+def test_list_shows_all(tmp_path):
     r = reproduce("--list")
     assert r.returncode == 0, r.stderr
     for name in ("diana-fig2", "diana-table3", "diana-fig5", "albasyoni", "khirirat", "flynn"):
-        assert name in r.stdout
-    for name, needs in (("khirirat", "cgd"), ("albasyoni", "dist2"), ("flynn", "lowrank")):
-        r = reproduce(name, "--out", str(tmp_path / name))
-        assert r.returncode == 2 and needs in r.stderr, r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1
-        assert not (tmp_path / name).exists()
-    assert set(registry()) >= {"diana-fig2", "diana-table3", "diana-fig5"}
+        assert f"{name} " in r.stdout
+    assert "not yet" not in r.stdout
+    assert set(registry()) == {"diana-fig2", "diana-table3", "diana-fig5", "khirirat", "flynn",
+                               "albasyoni"}
 
 
 def test_bad_usage(tmp_path):
@@ -142,3 +139,100 @@ def test_same_code_paths_on_synthetic_data(tmp_path, data_dir_optional, fn, runs
     for name in runs:
         assert result["runs"][name]["final_subopt"] == _records(out / "runs" / name)[-1]["subopt"]
     assert (out / "REPORT.md").is_file() and list(out.glob("*.png"))
+
+
+@pytest.mark.mpi
+@pytest.mark.slow  # about 90 s on 2 shared cores (CI runs the slow tests too)
+def test_khirirat_quick(tmp_path):
+    """Rounding GD / IAG inside its proven ball for every tau, the rate bound at every record."""
+    import math
+
+    from psgd.compressors import get_compressor
+
+    out = tmp_path / "khirirat"
+    r = reproduce("khirirat", "--quick", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = (out / "REPORT.md").read_text()
+    for part in ("## The paper's claim", "**[U]**", "**[D]**", "| method", "## Verdict: "):
+        assert part in text, part
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in out.glob("*.png"))
+    assert len(list(out.glob("*.png"))) == 2
+    result = json.loads((out / "result.json").read_text())
+    taus = set()
+    for name in ("round-sync", "round-table-tau2", "round-table-tau3", "round-table-tau5"):
+        path = out / "runs" / name
+        summary = json.loads((path / "summary.json").read_text())
+        cfg_d, mu = summary["d"], summary["mu"]
+        eps = get_compressor({"name": "rounding", "resolution": 0.001}).epsilon(cfg_d)
+        R = summary["ball_radius"]
+        assert R <= 3 * eps / mu + 1e-15 and "proven" in summary["stepsize_rule"]
+        d0 = result["runs"][name]["dist0"]
+        final = math.sqrt(_records(path)[-1]["dist2"]) * d0      # recomputed from the metrics
+        assert final <= R, name
+        assert final < 0.1 * d0, name                           # it did converge, not sit still
+        taus.add(summary["staleness_max"])
+    assert max(taus) >= 2                                       # the delays really happened
+    # sign and top-k with several workers stall: x* is no fixed point of their step
+    for name in ("sign-sync", "topk-sync"):
+        assert result["runs"][name]["bias_at_opt"] > 1e-2
+        assert _records(out / "runs" / name)[-1]["dist2"] > 1e-2
+    assert result["verdict"].startswith("reproduced")
+
+
+@pytest.mark.mpi
+@pytest.mark.slow  # about a minute on 2 shared cores (CI runs the slow tests too)
+def test_flynn_quick(tmp_path):
+    """Haar's penalty within 15 % of lambda_S/||L|| and 2x below d/k on the power law, recomputed
+    from the runs' metrics; coordinates suffer only on the coordinate-aligned problem."""
+    out = tmp_path / "flynn"
+    r = reproduce("flynn", "--quick", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = (out / "REPORT.md").read_text()
+    for part in ("## The paper's claim", "**[P]**", "**[D]**", "| run", "## Verdict: "):
+        assert part in text, part
+    png = out / "flynn_penalty.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
+    result = json.loads((out / "result.json").read_text())
+
+    def steps(name):
+        return next(x["step"] for x in _records(out / "runs" / name) if x["rel_subopt"] <= 1e-3)
+
+    gd = steps("power-gd")
+    haar = result["runs"]["power-diag-haar"]
+    measured = steps("power-diag-haar") / gd
+    assert measured == pytest.approx(haar["measured"])
+    assert abs(measured / haar["predicted"] - 1) <= 0.15
+    assert 2 * measured <= haar["worst_case"] == pytest.approx(20.0)
+    assert "lambda_S" in json.loads((out / "runs" / "power-diag-haar" / "summary.json")
+                                    .read_text())["stepsize_rule"]
+    diag, rot = steps("power-diag-coord") / gd, steps("power-rot-coord") / gd
+    assert diag > 2 * rot
+    assert result["verdict"].startswith("reproduced")
+
+
+@pytest.mark.mpi
+@pytest.mark.slow  # about a minute on 2 shared cores (CI runs the slow tests too)
+def test_albasyoni_quick(tmp_path):
+    """Spherical and both sparse ditherings need fewer payload bytes to dist2 1e-4 than Basic
+    and the best top-k run, recomputed from the metrics."""
+    out = tmp_path / "albasyoni"
+    r = reproduce("albasyoni", "--quick", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (out / "albasyoni_bytes.png").read_bytes()[:4] == b"\x89PNG"
+
+    def cost(name):
+        return next(x["payload_bits_up"] for x in _records(out / "runs" / name)
+                    if x["dist2"] <= 1e-4)
+
+    # ridge: every new compressor below Basic and the best top-k (2-4x, not the poster's 5x)
+    names = [p.name for p in (out / "runs").iterdir() if p.name.startswith("ridge-")]
+    ref = min(cost(n) for n in names if n.endswith("basic") or "-top" in n)
+    for new in ("spherical", "sd-biased", "sd-unbiased"):
+        assert cost(f"ridge-{new}") < ref, new
+    # the reason found where it falls short: Basic needs only a few iterations on these
+    # well-conditioned synthetic stand-ins (the poster's byte counts imply hundreds)
+    basic_steps = next(x["step"] for x in _records(out / "runs" / "logistic-basic")
+                       if x["dist2"] <= 1e-4)
+    assert basic_steps < 20
+    text = (out / "REPORT.md").read_text()
+    assert "**[P]**" in text and "## Verdict: " in text and "well conditioned" in text

@@ -64,6 +64,9 @@ class Hyper:
     rule: str = ""  # which formula produced gamma, and whether it is proven
     #: MARINA's probability of an exact (uncompressed) round; 0 for the others
     p_full: float = 0.0
+    #: the proven radius of the ball ||x - x*|| <= R the run converges to (cgd with an
+    #: epsilon-compressor, Khirirat's Theorems A/B); None where no theorem gives one
+    ball_radius: float | None = None
 
     def as_dict(self):
         return asdict(self)
@@ -77,6 +80,9 @@ class Constants:
     L_i: list | None
     mu: float | None
     d: int
+    #: the dense smoothness matrix (the Hessian of a quadratic), a function so that only the
+    #: rules that need it build it; None where the problem does not know one
+    smoothness_matrix: object = None
 
     @property
     def known(self) -> bool:

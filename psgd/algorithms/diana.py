@@ -29,6 +29,35 @@ class DianaServer(ServerState):
     shifts: np.ndarray | None = None  # asynchronous: every worker's h_i (n x d)
 
 
+def heavy_ball_step(L: float, omega: float, alpha: float, beta: float, n: int) -> float:
+    """DIANA with momentum beta: the largest step of Mishchenko et al.'s Theorem 7.
+
+    papers.md B.3 [P] (text extraction, check against the PDF), with alpha_p = 1/(1 + omega),
+    so the theorem's own omega' = (n-1)/n + 1/(n alpha_p) = 1 + omega/n: for 0 <= alpha <
+    alpha_p, beta != 1 - alpha, xi = max{1 - alpha, beta}, zeta = omega' + alpha (omega' - 1)/
+    (1 - xi) and delta = 1 + (2/n)(1/alpha_p - 1)(1 + alpha/|1 - alpha - beta|), it needs
+    gamma < (1 - beta^2)/(2 L zeta) and beta^2/((1-beta)^2 (1-xi)) <= (1 - beta^2 - 2 L gamma
+    zeta)/(gamma^2 L^2 delta). The second is a quadratic in gamma, a gamma^2 + b gamma <= c,
+    whose root is below (1 - beta^2)/(2 L zeta) = c/b, so it is the step. This replaces the
+    (1 - beta) heuristic; it is far smaller than a tuned step (the theorem is nonconvex).
+    """
+    alpha_p = 1.0 / (1.0 + omega)
+    # alpha: theory is alpha_p itself, the edge of alpha < alpha_p: the conditions are
+    # continuous there, so the step is their limit
+    if alpha > alpha_p * (1.0 + 1e-12) or abs(1.0 - alpha - beta) < 1e-12:
+        from ..errors import ConfigError
+        raise ConfigError(f"algorithm.momentum: got {beta!r} with alpha = {alpha:g}; allowed with "
+                          f"stepsize theory (DIANA Thm 7): alpha < 1/(1+omega) = {alpha_p:g} and "
+                          f"momentum != 1 - alpha (or give a numeric stepsize)")
+    w = 1.0 + omega / n
+    xi = max(1.0 - alpha, beta)
+    zeta = w + alpha * (w - 1.0) / (1.0 - xi)
+    delta = 1.0 + (2.0 / n) * (1.0 / alpha_p - 1.0) * (1.0 + alpha / abs(1.0 - alpha - beta))
+    a = beta * beta * L * L * delta / ((1.0 - beta) ** 2 * (1.0 - xi))
+    b, c = 2.0 * L * zeta, 1.0 - beta * beta
+    return (-b + (b * b + 4.0 * a * c) ** 0.5) / (2.0 * a) if a > 0 else 0.999 * c / b
+
+
 @register("algorithm")
 class DIANA(Algorithm):
     """DIANA (Mishchenko et al., Algorithm 1): compress g_i - h_i, learn the shifts h_i."""
@@ -52,14 +81,13 @@ class DIANA(Algorithm):
             # gamma = 1/(L + 6 omega L_max/n). The compression variance is bounded through each
             # f_i's smoothness, sum_i w_i^2 ||grad f_i(x) - grad f_i(x*)||^2 <= 2 max_i(w_i L_i)
             # D_f, so L_max/n is max_i w_i L_i in general; it equals L/n only when every L_i = L.
+            if a["momentum"]:
+                return (heavy_ball_step(consts.L, omega, alpha, a["momentum"], len(weights)),
+                        "DIANA Thm 7 (heavy ball): the largest gamma its two conditions allow "
+                        "(proven [P] for f_i = f, nonconvex, sync)")
             max_wL = float(np.max(np.asarray(weights) * np.asarray(consts.L_i)))
             g = 1.0 / (consts.L + 6.0 * omega * max_wL)
-            rule = "1/(L + 6 omega max_i w_i L_i) (proven, sync)"
-            if a["momentum"]:
-                # heavy ball multiplies the effective step by 1/(1-beta): keep it (heuristic)
-                g *= 1.0 - a["momentum"]
-                rule += " * (1-momentum) (heuristic)"
-            return g, rule
+            return g, "1/(L + 6 omega max_i w_i L_i) (proven, sync)"
 
         gamma, rule = step_size(a, consts, theory, tau)
         return Hyper(gamma=gamma, alpha=alpha, momentum=a["momentum"],

@@ -38,7 +38,7 @@ def require_unbiased(cfg):
     if not comp.unbiased:
         raise ConfigError(f"compressor.name: got {comp.name!r}, which is biased; allowed for "
                           f"{cfg['algorithm']['name']}: an unbiased compressor "
-                          f"(use ef or ef21 with biased ones)")
+                          f"(use cgd, ef or ef21 with biased ones)")
 
 
 def require_contraction(cfg):

@@ -108,6 +108,33 @@ class _Sketch(Compressor):
     def _max_payload_nbytes(self, d):
         return 8 + 4 * self.sketch_size(d)
 
+    # -- the problem-dependent constant (Flynn et al.; papers.md B.5) -------------------
+
+    def smoothness_norm(self, L: np.ndarray) -> float:
+        """lambda_S = lambda_max(E[(S^T S) L (S^T S)]) for a d x d smoothness matrix L >= 0.
+
+        The step 1/lambda_S replaces omega's worst case 1/(L (1 + omega)); lambda_S / ||L||
+        is the iteration penalty of compressing (papers.md B.5 [D]).
+        """
+        return float(np.linalg.eigvalsh(self.smoothness_moment(L))[-1])
+
+    def smoothness_moment(self, L: np.ndarray) -> np.ndarray:
+        """E[(S^T S) L (S^T S)], exact.
+
+        With blocks, S^T S is block diagonal with independent unbiased blocks, so the
+        off-diagonal blocks of the moment are L's own and each diagonal block is that
+        block's moment (:meth:`_moment_block`; checked by Monte Carlo in the tests).
+        """
+        L = np.asarray(L, dtype=np.float64)
+        M = L.copy()
+        lo = 0
+        for n, db, kb in self._layout(L.shape[0]):
+            for _ in range(n):
+                sl = slice(lo, lo + db)
+                M[sl, sl] = L[sl, sl] if kb == db else self._moment_block(L[sl, sl], db, kb)
+                lo += db
+        return M
+
     # -- codec ----------------------------------------------------------------------
 
     def _encode(self, x, rng, key):
@@ -199,6 +226,11 @@ class GaussianSketch(_Sketch):
     def _omega_block(db, kb):
         return (db + 1) / kb
 
+    @staticmethod
+    def _moment_block(L, db, kb):
+        # E[G^T G L G^T G]/k^2 for Gaussian G: (k+1)/k L + tr(L)/k I
+        return (kb + 1) / kb * L + np.trace(L) / kb * np.eye(db)
+
     def _sketch(self, gen, xs, db, kb):
         G = gen.standard_normal((xs.shape[0], kb, db))
         return np.matmul(G, xs[:, :, None])[:, :, 0] / math.sqrt(kb)
@@ -234,6 +266,13 @@ class HaarSketch(_Sketch):
     def _omega_block(db, kb):
         return db / kb - 1.0
 
+    @staticmethod
+    def _moment_block(L, db, kb):
+        # (d/k)^2 E[P L P] for P a uniform rank-k projection: c1 L + c2 tr(L) I
+        c1 = db * (db * kb + db - 2) / (kb * (db - 1) * (db + 2))
+        c2 = db * (db - kb) / (kb * (db - 1) * (db + 2))
+        return c1 * L + c2 * np.trace(L) * np.eye(db)
+
     def _sketch(self, gen, xs, db, kb):
         Q = haar_columns(gen, xs.shape[0], db, kb)
         return math.sqrt(db / kb) * np.matmul(xs[:, None, :], Q)[:, 0, :]
@@ -257,6 +296,13 @@ class CoordinateSketch(_Sketch):
     @staticmethod
     def _omega_block(db, kb):
         return db / kb - 1.0
+
+    @staticmethod
+    def _moment_block(L, db, kb):
+        # (d/k)^2 E[D L D] for D a uniform k-subset's 0/1 diagonal: a L + b Diag(L)
+        a = db * (kb - 1) / (kb * (db - 1))
+        b = db * (db - kb) / (kb * (db - 1))
+        return a * L + b * np.diag(np.diag(L))
 
     @staticmethod
     def _subsets(gen, n, db, kb):

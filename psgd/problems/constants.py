@@ -12,7 +12,9 @@ def constants(ps: ProblemSet) -> dict:
     l2, mu = lambda_min(A^T A)/m + l2 (l2 when m < d); the L_i use each shard's own rows and m_i.
     quadratic: L and mu of the spectrum. rosenbrock (non-convex): the extreme Hessian eigenvalues
     at the optimum, ~101.61 and ~0.3937. A problem that does not know a constant reports None
-    for it (``L_i`` is None unless every worker's is known).
+    for it (``L_i`` is None unless every worker's is known). A problem that knows the matrix
+    behind L (quadratic: the Hessian) adds ``"smoothness_matrix"``, a function returning it
+    dense (the sketch step rule lambda_S needs it; papers.md B.5).
     """
     if ps._constants is None:
         if ps.family is not None:
@@ -23,6 +25,8 @@ def constants(ps: ProblemSet) -> dict:
         L, L_i, mu = found["L"], found["L_i"], found["mu"]
         ps._constants = {"L": None if L is None else float(L),
                          "L_i": None if L_i is None else [float(v) for v in L_i],
-                         "mu": None if mu is None else float(mu)}
+                         "mu": None if mu is None else float(mu),
+                         "smoothness_matrix": found.get("smoothness_matrix")}
     c = ps._constants
-    return {"L": c["L"], "L_i": None if c["L_i"] is None else list(c["L_i"]), "mu": c["mu"]}
+    return {"L": c["L"], "L_i": None if c["L_i"] is None else list(c["L_i"]), "mu": c["mu"],
+            **({"smoothness_matrix": c["smoothness_matrix"]} if c["smoothness_matrix"] else {})}

@@ -64,11 +64,19 @@ class QuadraticObjective(Objective):
         return float(self.lam.min())
 
 
-def quadratic_spectrum(mu: float, L: float, d: int, spectrum: str) -> np.ndarray:
+SPECTRA = ("linear", "log", "cubic", "power", "lowrank")
+
+
+def quadratic_spectrum(mu: float, L: float, d: int, spectrum: str, exponent: float = 1.0,
+                       rank: int = 1) -> np.ndarray:
     """The d Hessian eigenvalues, ascending, from mu to L.
 
-    ``linear``: evenly spaced; ``log``: geometrically spaced (needs mu > 0); ``power``:
-    ``mu + (L - mu) t^3`` for t evenly spaced in [0, 1] (most eigenvalues near mu). d = 1 gives [L].
+    ``linear``: evenly spaced; ``log``: geometrically spaced (needs mu > 0); ``cubic``:
+    ``mu + (L - mu) t^3`` for t evenly spaced in [0, 1] (most eigenvalues near mu; this was
+    called ``power`` before the power law took that name); ``power``: the power law
+    ``max(mu, L i^-exponent)``, i = 1..d (Flynn et al.'s lambda_i = i^-a scaled to L, floored at
+    mu; mu = 0 gives it exactly, and the problem is still L d^-a strongly convex); ``lowrank``: ``rank``
+    eigenvalues L and d - rank eigenvalues mu. d = 1 gives [L].
     """
     if d == 1:
         return np.array([float(L)])
@@ -76,10 +84,17 @@ def quadratic_spectrum(mu: float, L: float, d: int, spectrum: str) -> np.ndarray
         return np.linspace(mu, L, d)
     if spectrum == "log":
         return np.geomspace(mu, L, d)
-    if spectrum == "power":
+    if spectrum == "cubic":
         t = np.linspace(0.0, 1.0, d)
         return mu + (L - mu) * t**3
-    raise ConfigError(f"problem.spectrum: got {spectrum!r}; allowed: one of linear, log, power")
+    if spectrum == "power":
+        i = np.arange(d, 0, -1, dtype=np.float64)
+        return np.maximum(float(mu), L * i ** -float(exponent))
+    if spectrum == "lowrank":
+        lam = np.full(d, float(mu))
+        lam[d - rank:] = L
+        return lam
+    raise ConfigError(f"problem.spectrum: got {spectrum!r}; allowed: one of {', '.join(SPECTRA)}")
 
 
 @register("problem")
@@ -91,8 +106,12 @@ class Quadratic(Problem):
         "mu": Real(0, default=0.01, doc="smallest Hessian eigenvalue"),
         "L": Real(0, closed="neither", default=1.0, doc="largest Hessian eigenvalue"),
         "n_features": Int(1, default=1000, doc="dimension d"),
-        "spectrum": Choice("linear", "log", "power", default="linear",
-                           doc="how eigenvalues fill [mu, L]"),
+        "spectrum": Choice(*SPECTRA, default="linear",
+                           doc="how eigenvalues fill [mu, L]: linear, log, cubic (mu + (L - mu) "
+                               "t^3; the old 'power'), power (max(mu, L i^-exponent)), "
+                               "lowrank (rank eigenvalues L, the rest mu)"),
+        "exponent": Real(0, default=1.0, doc="a in spectrum power: lambda_i = max(mu, L i^-a)"),
+        "rank": Int(1, default=10, doc="r in spectrum lowrank: r eigenvalues L, d - r mu"),
         "rotate": Bool(default=False, doc="false: diagonal H (O(d) gradients); true: dense "
                                           f"random rotation (d <= {DENSE_MAX})"),
     }
@@ -105,6 +124,9 @@ class Quadratic(Problem):
                               f"[0, L] (L = {params['L']!r})")
         if params["spectrum"] == "log" and params["mu"] == 0:
             raise ConfigError("problem.mu: got 0.0; allowed: a number > 0 with spectrum log")
+        if params["spectrum"] == "lowrank" and params["rank"] > params["n_features"]:
+            raise ConfigError(f"problem.rank: got {params['rank']}; allowed: an integer in "
+                              f"1..n_features ({params['n_features']})")
         if params["rotate"] and params["n_features"] > DENSE_MAX:
             raise ConfigError(f"problem.n_features: got {params['n_features']}; allowed: at most "
                               f"{DENSE_MAX} with rotate: true (dense d x d Hessian)")
@@ -116,7 +138,8 @@ class Quadratic(Problem):
     @classmethod
     def build(cls, params, data_cfg, seed, n_workers, workers=None):
         d = params["n_features"]
-        lam = quadratic_spectrum(params["mu"], params["L"], d, params["spectrum"])
+        lam = quadratic_spectrum(params["mu"], params["L"], d, params["spectrum"],
+                                 params["exponent"], params["rank"])
         Q = None
         if params["rotate"]:
             Z = _data._rng(seed, _data.STREAM_ROTATION).standard_normal((d, d))
@@ -156,4 +179,7 @@ class Quadratic(Problem):
     def constants(cls, ps):
         lam = ps._lam  # one Hessian for every worker: no need to build f
         L = float(lam.max())
-        return {"L": L, "L_i": [L] * ps.n_workers, "mu": float(lam.min())}
+        c = {"L": L, "L_i": [L] * ps.n_workers, "mu": float(lam.min())}
+        if lam.size <= DENSE_MAX:  # the Hessian, for the sketch step rule (lambda_S)
+            c["smoothness_matrix"] = lambda: ps.local(0).hessian()
+        return c

@@ -34,9 +34,10 @@ class Reproduction:
 
 
 def registry() -> dict[str, Reproduction]:
-    from . import diana, diana_fig4, pending
+    from . import albasyoni, diana, diana_fig4, flynn, khirirat
 
-    items = [*diana.REPRODUCTIONS, *diana_fig4.REPRODUCTIONS, *pending.REPRODUCTIONS]
+    items = [*diana.REPRODUCTIONS, *diana_fig4.REPRODUCTIONS, *khirirat.REPRODUCTIONS,
+             *flynn.REPRODUCTIONS, *albasyoni.REPRODUCTIONS]
     return {r.name: r for r in items}
 
 

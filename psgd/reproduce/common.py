@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +13,9 @@ from pathlib import Path
 from ..results import Run
 from ..sweep import run_points
 
-#: configs/papers/ in the source tree (the package is installed editable or from a checkout)
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "papers"
+#: the base configs, package data of psgd.reproduce (so an installed psgd has them; in the
+#: source checkout configs/papers links here)
+CONFIGS = Path(str(resources.files("psgd.reproduce") / "configs"))
 
 
 class ReproduceError(RuntimeError):
@@ -33,7 +35,8 @@ class Variant:
 def config_path(name: str) -> Path:
     path = CONFIGS / name
     if not path.is_file():
-        raise ReproduceError(f"{path} not found (configs/papers/ ships with the source tree)", 2)
+        raise ReproduceError(f"{path} not found (the configs ship as package data of "
+                             f"psgd.reproduce: reinstall psgd)", 2)
     return path
 
 
@@ -105,3 +108,17 @@ def write_report(out: Path, *, title, claim, setup, measured, figures, verdict, 
     result = {**result, "verdict": verdict}
     (out / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
+
+
+def setup_text(cfg, variants, common, ranks, extra) -> str:
+    """The REPORT's setup section: the base config and every variant's overrides."""
+    lines = [f"Base config `configs/papers/{cfg.name}`; every run is "
+             f"`mpiexec -n {ranks} psgd run {cfg.name} --set ...` with:", ""]
+    if common:
+        lines.append(f"- every run: `{' '.join('--set ' + c for c in common)}`")
+    for v in variants:
+        sets = " ".join("--set " + s for s in v.sets) or "(the base config)"
+        lines.append(f"- {v.label} (`runs/{v.name}`): {sets}")
+    if extra:
+        lines += ["", extra]
+    return "\n".join(lines)
