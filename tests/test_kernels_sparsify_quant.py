@@ -337,7 +337,7 @@ def test_quant_bad_arguments(impl):
     with pytest.raises(ValueError):
         k.natural_encode(x, 0, np.empty(3, np.uint8))
     with pytest.raises(ValueError):
-        k.natdither_nbytes(10, 4, 128)
+        k.natdither_nbytes(10, 4, 256)
     with pytest.raises(ValueError):
         k.natdither_encode(x, np.array([1, np.nan, 1], np.float32), 4, 2, 0,
                            np.empty(k.natdither_nbytes(10, 4, 2), np.uint8))
