@@ -62,7 +62,7 @@ cdef extern from "_quant.h":
 # Must equal the constants of the twin in psgd/kernels_ref/ (tests check).
 cdef enum:
     CHUNK = 4096
-    NATDITHER_MAX_LEVELS = 127
+    NATDITHER_MAX_LEVELS = 255     # the float32 exponent range (see the twin)
 ERR_WIDTH, ERR_CODE, ERR_SIZE = C_ERR_WIDTH, C_ERR_CODE, C_ERR_SIZE
 ROUNDING_MAX_Q = 2**31 - 1
 

@@ -206,6 +206,10 @@ def check_launch(cfg: dict, n_workers: int | None = None) -> None:
                               "an integer >= 1 (mpiexec -n N runs N - 1 workers)")
         problems.check_workers(cfg["problem"], cfg["data"], n_workers)
         problems.check_build(cfg, n_workers)  # the python factory's objects, at x0
+        from .compressors import get_compressor
+        comp = get_compressor(cfg["compressor"])
+        if hasattr(comp, "check_workers"):        # perm_k: its n must be the worker count
+            comp.check_workers(n_workers)
         bad = [k for k in cfg["run"]["worker_delay"] if k >= n_workers]
         if bad:
             raise ConfigError(f"run.worker_delay: worker index {bad[0]} does not exist; "

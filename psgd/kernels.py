@@ -1,5 +1,5 @@
 """The compiled kernels (``psgd._dither``, ``_sparse_sphere``, ``_sparsify``, ``_quant``,
-``_elias``) when built, else their NumPy twins.
+``_elias``, ``_lowbit``) when built, else their NumPy twins.
 
 Both expose the same names and signatures; the twin modules in :mod:`psgd.kernels_ref`
 (one per compiled module) define what they compute. ``import psgd`` never needs the
@@ -23,7 +23,7 @@ from .kernels_ref import (  # noqa: F401  (constants and pure helpers shared by 
     sd_max_level_bits, sphere_block_seeds, sphere_points, ERR_CODE, ERR_INDEX,
     ERR_NONCANONICAL, ERR_SIZE, ERR_TRAILING, ERR_VALUE, ERR_VARINT, ERR_WIDTH,
     NATDITHER_MAX_LEVELS, ROUNDING_MAX_Q, ERR_RANGE, ERR_STREAM, elias_max_nbytes,
-    omega_length)
+    omega_length, CAST_FP16, CAST_BF16, CAST_FORMATS, MINMAX_MAX_BITS)
 
 #: the functions each compiled module provides (each has a twin of the same name)
 KERNELS = ("block_scales", "dither_encode", "dither_decode_add")
@@ -34,8 +34,11 @@ KERNELS_QUANT = ("sign_nbytes", "sign_encode", "sign_decode_add", "natural_nbyte
                  "natural_encode", "natural_decode_add", "natdither_nbytes", "natdither_encode",
                  "natdither_decode_add", "rounding_widths", "rounding_encode", "rounding_decode_add")
 KERNELS_ELIAS = ("elias_encode", "elias_decode_add")
+KERNELS_LOWBIT = ("cast_encode", "cast_decode_add", "minmax_nbytes", "minmax_encode",
+                  "minmax_decode_add")
 _MODULES = {"_dither": KERNELS, "_sparse_sphere": KERNELS_SPARSE_SPHERE,
-            "_sparsify": KERNELS_SPARSIFY, "_quant": KERNELS_QUANT, "_elias": KERNELS_ELIAS}
+            "_sparsify": KERNELS_SPARSIFY, "_quant": KERNELS_QUANT, "_elias": KERNELS_ELIAS,
+            "_lowbit": KERNELS_LOWBIT}
 
 
 def _load(module: str):
@@ -58,6 +61,7 @@ HAVE_CYTHON = _compiled["_dither"]
 HAVE_CYTHON_SPARSE_SPHERE = _compiled["_sparse_sphere"]
 HAVE_CYTHON_SPARSIFY_QUANT = _compiled["_sparsify"] and _compiled["_quant"]
 HAVE_CYTHON_ELIAS = _compiled["_elias"]
+HAVE_CYTHON_LOWBIT = _compiled["_lowbit"]
 
 
 def _kernel_names() -> list[str]:

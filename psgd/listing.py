@@ -68,12 +68,18 @@ def _some_value(constraint):
     return getattr(inner, "options", (None,))[0]
 
 
+#: the choice parameters that decide whether a compressor is biased (sparse_dithering's
+#: variant, cast's rounding)
+_BIAS_PARAMS = ("variant", "rounding")
+
+
 def _bias(cls) -> str:
-    variant = cls.params.get("variant")
-    if variant is not None and hasattr(variant, "options"):
+    key = next((k for k in _BIAS_PARAMS if hasattr(cls.params.get(k), "options")), None)
+    variant = cls.params.get(key) if key else None
+    if variant is not None:
         parts = []
         for option in variant.options:
-            c = _instance(cls, {"variant": option})
+            c = _instance(cls, {key: option})
             kind = "?" if c is None else ("unbiased" if c.unbiased else "biased")
             parts.append(f"{option}: {kind}")
         return " [" + "; ".join(parts) + "]"

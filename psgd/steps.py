@@ -23,6 +23,8 @@ from .compressors import get_compressor
 
 #: how an algorithm's exact rounds travel (MARINA's full gradients)
 EXACT = {"name": "identity", "dtype": "float64"}
+#: the stand-in worker index of the stream that all workers share at a step (no worker has it)
+CORRELATED = 2**32
 
 
 class Uplink:
@@ -46,8 +48,15 @@ class Uplink:
         return self.exact if full else self.compressor
 
     def key(self, codec, j: int, seq: int):
-        """The (seed, worker, seq) stream shared-seed compressors use on both ends."""
-        return self.streams.shared_key(j, seq, self.shard) if codec.shared_randomness else None
+        """The (seed, worker, seq) stream shared-seed compressors use on both ends.
+
+        A correlated compressor (perm_k) needs one stream for all workers at a step, the
+        same on every worker and the server: (seed, CORRELATED, seq), plus the worker index."""
+        if not codec.shared_randomness:
+            return None
+        if getattr(codec, "correlated", False):
+            return codec.worker_key(self.streams.shared_key(CORRELATED, seq, self.shard), j)
+        return self.streams.shared_key(j, seq, self.shard)
 
     def scaled(self, y: np.ndarray) -> np.ndarray:
         """The one place the algorithm's message scale is applied (worker and server alike)."""

@@ -245,7 +245,7 @@ def _both_decode(mod, fn, payload, args, d, rng, weight):
     return r1
 
 
-def _check_quant(mod, rng, x, bs, levels=(1, 2, 3, 8, 127), resolutions=(1e-30, 1e-3, 0.5, 7.0)):
+def _check_quant(mod, rng, x, bs, levels=(1, 2, 3, 8, 127, 128, 255), resolutions=(1e-30, 1e-3, 0.5, 7.0)):
     d = x.size
     b = bs or max(d, 1)
     p = _both_encode(mod, "sign_encode", x, (b,), ref.sign_nbytes(d, b))
@@ -289,7 +289,7 @@ def test_quant_large_lengths(quant):
     d = 65_537
     rng = np.random.default_rng(d)
     for dtype, bs, s in [(np.float32, None, 8), (np.float64, 1000, 3), (np.float32, 4096, 1),
-                         (np.float64, 37, 127)]:
+                         (np.float64, 37, 127), (np.float32, 1000, 255)]:
         _check_quant(ext, rng, _vector(rng, d, dtype), bs, levels=(s,), resolutions=(1e-3,))
 
 
@@ -309,7 +309,7 @@ def test_quant_decode_fuzz(quant):
         if rng.random() < 0.5:
             p[:d] |= 1
         _both_decode(ext, "natural_decode_add", p, (), d, rng, 2.0)
-        s = int(rng.choice([1, 2, 3, 7, 127]))
+        s = int(rng.choice([1, 2, 3, 7, 127, 200, 255]))
         p = rng.integers(0, 256, ref.natdither_nbytes(d, bs, s)).astype(np.uint8)
         if rng.random() < 0.7 and nb:
             p[:4 * nb] = np.frombuffer(rng.random(nb).astype("<f4").tobytes(), np.uint8)
@@ -337,7 +337,7 @@ def test_quant_bad_arguments(impl):
     with pytest.raises(ValueError):
         k.natural_encode(x, 0, np.empty(3, np.uint8))
     with pytest.raises(ValueError):
-        k.natdither_nbytes(10, 4, 128)
+        k.natdither_nbytes(10, 4, 256)
     with pytest.raises(ValueError):
         k.natdither_encode(x, np.array([1, np.nan, 1], np.float32), 4, 2, 0,
                            np.empty(k.natdither_nbytes(10, 4, 2), np.uint8))

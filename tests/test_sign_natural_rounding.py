@@ -241,7 +241,7 @@ def test_natdither_corruption_and_config():
     for cfg in [dict(levels=3, block_size=4), dict(levels=1)]:
         c = comp("natural_dithering", **cfg)
         check_corruption(c, c.encode(rng.standard_normal(13), rng), 13, rng)
-    for cfg in [dict(levels=0), dict(levels=128), dict(norm="1"), dict(block_size=0)]:
+    for cfg in [dict(levels=0), dict(levels=256), dict(norm="1"), dict(block_size=0)]:
         with pytest.raises(ConfigError):
             comp("natural_dithering", **cfg)
     assert comp("natural_dithering", levels=8).omega(10**6) == pytest.approx(0.125 + 1000 / 128 * 1)

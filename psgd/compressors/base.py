@@ -51,6 +51,9 @@ class Compressor(ABC):
     params: ClassVar[dict] = {}
     #: True when decode needs the same ``key`` that encode was given (shared-seed schemes)
     shared_randomness: ClassVar[bool] = False
+    #: True when a header-only message (empty payload) is a valid message for every d
+    #: (bernoulli's skipped rounds): a message cut to its header then decodes
+    header_only_valid: ClassVar[bool] = False
     #: the largest d that ``decode`` accepts from a header when the caller gives no ``d=``
     max_unchecked_dim: ClassVar[int] = MAX_UNCHECKED_DIM
     #: parameter sets worth exercising, each accepted by ``get_compressor({"name": name, **p})``.

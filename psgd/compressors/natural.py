@@ -34,7 +34,15 @@ exponent). Code c > 0 means ``2^(c - 127)``, c = 0 means zero:
 ``natural_dithering`` payload: ``nblocks`` float32 scales (the norm rounded UP to
 float32, :func:`psgd.kernels.block_scales`), then ``b = 1 + ceil(log2(s + 1))`` bits per
 coordinate, the code ``sign + 2 l`` with level index l in 0..s (0: zero, l: 2^(l-s)),
-LSB-first: exactly ``64 + 32 nblocks + 8 ceil(d b / 8)`` bits. (papers.md quotes
+LSB-first: exactly ``64 + 32 nblocks + 8 ceil(d b / 8)`` bits.
+
+``levels`` goes up to 255 (:data:`psgd.kernels.NATDITHER_MAX_LEVELS`): the nonzero levels
+2^(1-s), ..., 1 then reach 2^-254, the ratio of the smallest normal float32 to the largest,
+so with s = 255 no normal float32 coordinate falls below the lowest nonzero level of any
+float32 scale; more levels would only add levels no float32 ratio can reach. s <= 127 are
+8-bit codes (b <= 8; the former limit of 127 was a lookup-table size and a one-byte
+code, not a numerical bound); 128 <= s <= 255 use 9-bit codes in the same layout, so the
+existing level counts' bytes are unchanged (the golden files check it). (papers.md quotes
 ``d (1 + ceil(log2 s))``; with the zero level there are s + 1 level values, hence
 ``ceil(log2(s + 1))``.) Rounding details: :mod:`psgd.kernels_ref`.
 """
@@ -109,6 +117,7 @@ class NaturalDithering(Compressor):
     examples = (
         {"levels": 8, "block_size": 1024}, {"levels": 2}, {"levels": 4},
         {"levels": 3, "norm": "inf"}, {"levels": 8, "block_size": 32},
+        {"levels": 255, "block_size": 64}, {"levels": 128, "norm": "inf"},
     )
     params = {
         "levels": Int(1, kernels.NATDITHER_MAX_LEVELS, default=8,

@@ -9,6 +9,7 @@ twin                   compiled module                 compressors
 ``_sparsify``          ``psgd._sparsify``              rand_k, top_k
 ``_quant``             ``psgd._quant``                 sign, natural, natural_dithering,
                                                        rounding
+``_lowbit``            ``psgd._lowbit``                cast, minmax
 ``splitmix``           ``psgd_splitmix`` (_common.h)   the random stream they all draw from
 ``errors``             ``cython_ext/_errors.h``        the decoders' error codes
 =====================  ==============================  ===================================
@@ -23,11 +24,11 @@ exact byte layout it defines.
 This package also exposes every public name of its modules (``kernels_ref.dither_encode``).
 """
 
-from . import _dither, _elias, _quant, _sparse_sphere, _sparsify, errors, splitmix
+from . import _dither, _elias, _lowbit, _quant, _sparse_sphere, _sparsify, errors, splitmix
 
 #: twin module of each compiled module (psgd.kernels loads one or the other)
 TWINS = {"_dither": _dither, "_elias": _elias, "_quant": _quant,
-         "_sparse_sphere": _sparse_sphere, "_sparsify": _sparsify}
+         "_sparse_sphere": _sparse_sphere, "_sparsify": _sparsify, "_lowbit": _lowbit}
 
 
 def _public(module) -> dict:

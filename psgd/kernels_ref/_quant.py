@@ -62,7 +62,11 @@ from .splitmix import splitmix64
 # code 2^32 - 1 (q = -2^31, ERR_CODE), a width that is not its block's bit length
 # (ERR_WIDTH) and non-zero padding; ``value = resolution * q``.
 
-NATDITHER_MAX_LEVELS = 127
+#: natural dithering's largest s: its nonzero levels 2^(1-s)..1 then span 255 binades, down to
+#: 2^-254 = (smallest normal float32) / (largest float32) (the float32 exponent range), so
+#: every normal float32 coordinate has a level of its own binade under any float32 scale.
+#: Codes are 1 + 8 = 9 bits from s = 128 on; s <= 127 (8-bit codes) is unchanged.
+NATDITHER_MAX_LEVELS = 255
 ROUNDING_MAX_Q = 2**31 - 1
 
 
