@@ -35,6 +35,8 @@ cdef extern from "_dither.h":
                          double *out) noexcept nogil
     void psgd_absmax_f32(const float *x, Py_ssize_t n, double *r) noexcept nogil
     void psgd_absmax_f64(const double *x, Py_ssize_t n, double *r) noexcept nogil
+    float psgd_scale2_f32(const float *x, Py_ssize_t n) noexcept nogil
+    float psgd_scale2_f64(const double *x, Py_ssize_t n) noexcept nogil
 
 psgd_set_use_v4(psgd_cpu_has_v4())
 
@@ -114,17 +116,16 @@ def block_scales(const real_in[::1] x, Py_ssize_t block_size, int norm_code):
         for blk in range(nb):
             start = blk * block_size
             end = start + block_size if d - start > block_size else d
-            acc = 0.0
-            if norm_code == C_NORM_INF:
-                _absmax(&x[0] + start, end - start, &acc)
+            if norm_code == C_NORM_2:       # the sequential float64 sum's result (see C)
+                if real_in is float:
+                    f = psgd_scale2_f32(&x[0] + start, end - start)
+                else:
+                    f = psgd_scale2_f64(&x[0] + start, end - start)
             else:
-                for j in range(start, end):  # sequential float64 sum: the twin's cumsum order
-                    a = <double>x[j]
-                    acc += a * a
-                acc = sqrt(acc)
-            f = <float>acc
-            if <double>f < acc:              # round up so that |x_j| <= t32
-                f = nextafterf(f, INFINITY)
+                _absmax(&x[0] + start, end - start, &acc)
+                f = <float>acc
+                if <double>f < acc:          # round up so that |x_j| <= t32
+                    f = nextafterf(f, INFINITY)
             out[blk] = f
     return result
 
