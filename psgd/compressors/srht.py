@@ -80,7 +80,7 @@ def fwht(z: np.ndarray) -> None:
 
 @register_compressor
 class SrhtSketch(_Sketch):
-    """S = sqrt(n_b/k_b) P H D (Hadamard, random signs, k_b sampled rows): O(d log d)."""
+    """S = sqrt(n_b/k_b) P H D (random signs, Hadamard, k_b of n_b = 2^ceil(log2 d_b) rows): O(d log d)."""
 
     name = "srht_sketch"
     # 29, the end of the 20-29 range of sparse_dithering, spherical and the sketches
