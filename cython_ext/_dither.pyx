@@ -35,6 +35,8 @@ cdef extern from "_dither.h":
                          double *out) noexcept nogil
     void psgd_absmax_f32(const float *x, Py_ssize_t n, double *r) noexcept nogil
     void psgd_absmax_f64(const double *x, Py_ssize_t n, double *r) noexcept nogil
+    float psgd_scale2_f32(const float *x, Py_ssize_t n) noexcept nogil
+    float psgd_scale2_f64(const double *x, Py_ssize_t n) noexcept nogil
 
 psgd_set_use_v4(psgd_cpu_has_v4())
 
@@ -114,17 +116,16 @@ def block_scales(const real_in[::1] x, Py_ssize_t block_size, int norm_code):
         for blk in range(nb):
             start = blk * block_size
             end = start + block_size if d - start > block_size else d
-            acc = 0.0
-            if norm_code == C_NORM_INF:
-                _absmax(&x[0] + start, end - start, &acc)
+            if norm_code == C_NORM_2:       # the sequential float64 sum's result (see C)
+                if real_in is float:
+                    f = psgd_scale2_f32(&x[0] + start, end - start)
+                else:
+                    f = psgd_scale2_f64(&x[0] + start, end - start)
             else:
-                for j in range(start, end):  # sequential float64 sum: the twin's cumsum order
-                    a = <double>x[j]
-                    acc += a * a
-                acc = sqrt(acc)
-            f = <float>acc
-            if <double>f < acc:              # round up so that |x_j| <= t32
-                f = nextafterf(f, INFINITY)
+                _absmax(&x[0] + start, end - start, &acc)
+                f = <float>acc
+                if <double>f < acc:          # round up so that |x_j| <= t32
+                    f = nextafterf(f, INFINITY)
             out[blk] = f
     return result
 
@@ -337,7 +338,13 @@ cdef void _add_bits(const uint8_t* sym, Py_ssize_t nsym, Py_ssize_t d, const flo
                     Py_ssize_t bs, Py_ssize_t levels, double w, real_out* out) noexcept nogil:
     cdef uint32_t codes[CHUNK]
     cdef int b = <int>_symbol_bits(levels)
-    cdef Py_ssize_t c0, n, j, e, off, blk = 0, block_end = bs if bs < d else d
+    cdef Py_ssize_t c0, n, j, e, off, k, blk = 0, block_end = bs if bs < d else d
+    # Few codes (b <= 8) and long blocks: the 2^b values of a block, each computed exactly as
+    # _values does (a division per coordinate otherwise), then one table lookup per code.
+    cdef bint use_table = b <= 8 and bs >= (<Py_ssize_t>4 << b)
+    cdef real_out table[256]
+    cdef Py_ssize_t table_blk = -1
+    cdef double t, v
     c0 = -CHUNK
     while c0 + CHUNK < d:                    # chunks of CHUNK codes
         c0 += CHUNK
@@ -350,7 +357,19 @@ cdef void _add_bits(const uint8_t* sym, Py_ssize_t nsym, Py_ssize_t d, const flo
                 blk += 1
                 block_end = block_end + bs if d - block_end > bs else d
             e = block_end if block_end < c0 + n else c0 + n
-            _values(codes + (j - c0), e - j, <double>scales[blk], <double>levels, w, out + j)
+            if not use_table:
+                _values(codes + (j - c0), e - j, <double>scales[blk], <double>levels, w, out + j)
+            else:
+                if table_blk != blk:         # codes above 2 levels + 1 were rejected
+                    t = <double>scales[blk]
+                    for k in range(2 * levels + 2):
+                        v = t * <double>(k >> 1) / <double>levels
+                        if k & 1:
+                            v = -v
+                        table[k] = <real_out>(w * v)
+                    table_blk = blk
+                for k in range(j, e):
+                    out[k] = out[k] + table[codes[k - c0]]
             j = e
 
 

@@ -151,6 +151,26 @@ def test_block_scales_non_finite(ext):
     assert np.isinf(ext.block_scales(np.array([1e200]), 1, ref.NORM_2))[0]
 
 
+def test_block_scales_2_norm_fast_sum_gives_the_sequential_result(ext):
+    """The compiled 2-norm sums in lanes and falls back to the index-order sum only where
+    the float32 result is in doubt: both paths must give the twin's (cumsum) bytes.
+    Exact squares (64 ones: sqrt = 8 exactly) sit on a float32 boundary and take the
+    fallback; near-boundary sums, mixed magnitudes and non-finite values too."""
+    rng = np.random.default_rng(11)
+    cases = [np.ones(64), np.ones(64 * 1024, np.float32), np.full(100, 0.3, np.float32),
+             np.concatenate([np.full(63, 1e-8), [1e8]]), np.r_[np.ones(99), np.nan],
+             np.r_[np.ones(70, np.float32), np.inf], np.full(200, 1e200)]
+    for n in (64, 65, 1000, 4097):                  # sums just off a float32 square
+        f = np.float32(rng.uniform(1, 2)) ** 2
+        cases.append(np.full(n, np.sqrt(float(f) / n)) * (1 + 2.0**-52 * rng.integers(-8, 9, n)))
+    cases += [rng.standard_normal(n).astype(dt) * 10.0 ** rng.integers(-20, 20)
+              for n in (64, 100, 3000) for dt in DTYPES for _ in range(20)]
+    for x in cases:
+        for bs in (x.size, 64, 1000):
+            assert ext.block_scales(x, bs, ref.NORM_2).tobytes() == \
+                ref.block_scales(x, bs, ref.NORM_2).tobytes(), (x[:3], x.size, x.dtype, bs)
+
+
 def test_block_scales_round_up():
     """t32 >= the float64 norm, hence |x_j| <= t32 for every coordinate."""
     rng = np.random.default_rng(3)
