@@ -89,7 +89,10 @@ SCRIPT = textwrap.dedent('''
     barrier(comm, time.monotonic() + 120, 120)           # the launcher's start-up barrier
     with open(out + ".shm", "w") as fh:                  # this job's shared memory, for the test
         fh.write(" ".join(own_shm_segments()))
-    allreduce_max(comm, 0, 600, "setup on all ranks")   # the launcher's setup handshake
+    # the launcher's setup handshake: loading agreed, rank 0's constants, the context agreed
+    allreduce_max(comm, 0, 600, "loading the problem on all ranks")
+    comm.bcast(None, root=0)
+    allreduce_max(comm, 0, 600, "setup on all ranks")
     buf = np.empty(1 << 20, np.uint8)
     req = comm.Irecv([buf, MPI.BYTE], source=0, tag=TAG_DOWN)
     status = MPI.Status()
@@ -227,6 +230,8 @@ FAKE_SERVER = textwrap.dedent('''
     from psgd.transport import TAG_DOWN
 
     barrier(comm, time.monotonic() + 120, 120)
+    allreduce_max(comm, 0, 600, "loading the problem on all ranks")  # the launcher's
+    comm.bcast(None, root=0)                                         # setup handshake
     allreduce_max(comm, 0, 600, "setup on all ranks")
     rng = np.random.default_rng(0)
     if mode == "oversized":          # far longer than the largest model message
