@@ -104,7 +104,10 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False,
         if failed:
             return failed
         # the constants need the whole problem: rank 0's, the same on every rank
-        consts = comm.bcast(consts, root=0)
+        consts = comm.bcast(_shareable(consts), root=0)
+        if consts.pop("has_smoothness_matrix"):  # a function of the problem (a quadratic's
+            # Hessian, which every rank builds whole): taken from this rank's own problem
+            consts["smoothness_matrix"] = problems.constants(ps)["smoothness_matrix"]
         try:
             ctx = build_context(cfg, roles, ps=ps, constants=consts)
             if roles.of(rank) == ("server", 0):  # f* to high accuracy: a setup failure if not
@@ -127,6 +130,15 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False,
     finally:
         if rundir is not None:
             rundir.release()
+
+
+def _shareable(consts):
+    """Rank 0's constants as they can be broadcast (numbers, and whether a smoothness
+    matrix function exists), or None on the other ranks."""
+    if consts is None:
+        return None
+    out = {k: v for k, v in consts.items() if k != "smoothness_matrix"}
+    return dict(out, has_smoothness_matrix=consts.get("smoothness_matrix") is not None)
 
 
 def _setup_failure(exc, rank):
