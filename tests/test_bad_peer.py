@@ -229,9 +229,17 @@ FAKE_SERVER = textwrap.dedent('''
     from psgd.startup import barrier
     from psgd.transport import TAG_DOWN
 
+    from psgd import config, problems
+    from psgd.launch import _shareable
+
     barrier(comm, time.monotonic() + 120, 120)
-    allreduce_max(comm, 0, 600, "loading the problem on all ranks")  # the launcher's
-    comm.bcast(None, root=0)                                         # setup handshake
+    # the launcher's setup handshake, as server 0 makes it: loading agreed, the constants
+    # of the whole problem broadcast, the context agreed
+    allreduce_max(comm, 0, 600, "loading the problem on all ranks")
+    resolved = config.load(cfg)
+    whole = problems.make_problem(resolved["problem"], resolved["data"], resolved["seed"],
+                                  comm.Get_size() - 1)
+    comm.bcast(_shareable(problems.constants(whole)), root=0)
     allreduce_max(comm, 0, 600, "setup on all ranks")
     rng = np.random.default_rng(0)
     if mode == "oversized":          # far longer than the largest model message
