@@ -181,9 +181,11 @@ def test_cgd_accepts_biased_compressors_where_dqgd_refuses(tmp_path):
                  "{name: spherical, alpha: 0.2, block_size: 5}"):
         cfg.write_text(f"problem: {{name: quadratic, n_features: 10}}\nalgorithm: {{name: cgd}}\n"
                        f"compressor: {comp}\n")
+        # (outside the checkout: the installed psgd, not the kernel-less source tree)
         r = subprocess.run([sys.executable, "-m", "psgd", "validate", str(cfg), "-n", "2"],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         r = subprocess.run([sys.executable, "-m", "psgd", "validate", str(cfg), "-n", "2",
-                            "--set", "algorithm.name=dqgd"], capture_output=True, text=True)
+                            "--set", "algorithm.name=dqgd"], capture_output=True, text=True,
+                           cwd=tmp_path)
         assert r.returncode == 2 and "biased" in r.stderr and len(r.stderr.splitlines()) == 1

@@ -8,6 +8,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,10 @@ SYNTHETIC = "data={source: synthetic, n_samples: 1000, n_features: 30, partition
 
 
 def reproduce(*args, env=None, timeout=900):
+    # outside the checkout, so that the installed psgd (with its kernels) runs
     return subprocess.run([sys.executable, "-m", "psgd", "reproduce", *args],
                           capture_output=True, text=True, timeout=timeout,
-                          env=env or dict(os.environ))
+                          env=env or dict(os.environ), cwd=tempfile.gettempdir())
 
 
 def _records(path):

@@ -33,7 +33,8 @@ def test_variants_cover_the_grid():
 def test_diana_fig4_quick(tmp_path):
     out = tmp_path / "fig4"
     r = subprocess.run([sys.executable, "-m", "psgd", "reproduce", "diana-fig4", "--quick",
-                        "--out", str(out)], capture_output=True, text=True, timeout=600)
+                        "--out", str(out)], capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path)  # outside the checkout: the installed psgd runs
     assert r.returncode == 0, r.stdout + r.stderr
     result = json.loads((out / "result.json").read_text())
     table = {}
