@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -25,8 +26,9 @@ sklearn = pytest.importorskip("sklearn", reason="data.source digits needs scikit
 def psgd_cli(*args, env=None, cwd=None, timeout=120):
     full = dict(os.environ)
     full.update(env or {})
+    # outside the checkout by default: the installed psgd (with its kernels), not the source tree
     return subprocess.run([sys.executable, "-m", "psgd", *args], capture_output=True, text=True,
-                          env=full, cwd=cwd, timeout=timeout)
+                          env=full, cwd=cwd or tempfile.gettempdir(), timeout=timeout)
 
 
 def mlp_cfg(**alg):
