@@ -49,7 +49,7 @@ from ..errors import ConfigError
 from ..kernels_ref.splitmix import splitmix64
 from ..validation import Int
 from .base import Compressor, register_compressor, wire_error
-from .rand_k import add_values, decode_gap_indices, gather_values
+from .rand_k import add_values, carried_indices, gather_values
 
 _U64 = 2**64
 
@@ -136,13 +136,7 @@ class PermK(Compressor):
             idx = self.indices(step, worker, d)
         else:
             k = self._slice_len(0, d)
-            if payload.size == 4 * k and k:
-                raise wire_error(self.name, "the message carries no indices (shared-key form); "
-                                            "decode it with the key it was encoded with")
-            if payload.size < 5 * k:
-                raise wire_error(self.name, f"payload of {payload.size} bytes is shorter than the "
-                                            f"{5 * k} that {k} values and indices need at least")
-            idx = decode_gap_indices(self.name, payload[4 * k:], k, d, 4 * k)
+            idx = carried_indices(self.name, payload, k, d)
         add_values(self.name, idx, payload[:4 * k], self._scale(d, k), out, weight)
 
     def _max_payload_nbytes(self, d):

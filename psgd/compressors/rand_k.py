@@ -74,6 +74,18 @@ def decode_gap_indices(name: str, buf: np.ndarray, k: int, d: int, offset: int) 
     return idx
 
 
+def carried_indices(name: str, payload: np.ndarray, k: int, d: int) -> np.ndarray:
+    """The indices of a message that carries them (k float32 values, then their gap
+    varints); WireFormatError for a shared-key message or one too short for them."""
+    if payload.size == 4 * k and k:
+        raise wire_error(name, "the message carries no indices (shared-key form); "
+                               "decode it with the key it was encoded with")
+    if payload.size < 5 * k:
+        raise wire_error(name, f"payload of {payload.size} bytes is shorter than the "
+                               f"{5 * k} that {k} values and indices need at least")
+    return decode_gap_indices(name, payload[4 * k:], k, d, 4 * k)
+
+
 def add_values(name: str, idx: np.ndarray, values: np.ndarray, scale: float, out: np.ndarray,
                weight: float) -> None:
     """out[idx] += weight * (scale * float32 values), after checking every value is finite."""
@@ -137,13 +149,7 @@ class RandK(Compressor):
                                             f"(k={k} float32 values; the indices come from the key)")
             idx = kernels.randk_indices(int(key) % 2**64, d, k)
         else:
-            if payload.size == 4 * k and k:
-                raise wire_error(self.name, "the message carries no indices (shared-key form); "
-                                            "decode it with the key it was encoded with")
-            if payload.size < 5 * k:
-                raise wire_error(self.name, f"payload of {payload.size} bytes is shorter than the "
-                                            f"{5 * k} that {k} values and indices need at least")
-            idx = decode_gap_indices(self.name, payload[4 * k:], k, d, 4 * k)
+            idx = carried_indices(self.name, payload, k, d)
         add_values(self.name, idx, payload[:4 * k], d / k if k else 0.0, out, weight)
 
     def _max_payload_nbytes(self, d):
