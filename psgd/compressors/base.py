@@ -258,6 +258,16 @@ def wire_error(name: str, what: str) -> WireFormatError:
     return WireFormatError(f"{name}: {what}")
 
 
+def check_kernel(name: str, code: int, where: int, messages=None) -> None:
+    """Raise the decoder's WireFormatError for a kernel's error ``code`` (at ``where``):
+    ``messages[code]`` where the codec words it, else the generic rejection."""
+    from .. import kernels
+
+    if code != kernels.ERR_OK:
+        raise wire_error(name, (messages or {}).get(
+            code, f"payload rejected (kernel error {code} at {where})"))
+
+
 def resolve_block_size(block_size: int | None, d: int) -> int:
     """``block_size`` null (one block) or larger than d means the whole vector."""
     if block_size is None or block_size >= d:

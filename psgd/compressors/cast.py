@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import kernels
 from ..validation import Choice
-from .base import Compressor, register_compressor, wire_error
+from .base import Compressor, check_kernel, register_compressor, wire_error
 
 _FORMATS = {"fp16": kernels.CAST_FP16, "bf16": kernels.CAST_BF16}
 
@@ -83,8 +83,7 @@ class Cast(Compressor):
                                               _FORMATS[self.format], out, weight)
         if code == kernels.ERR_VALUE:
             raise wire_error(self.name, f"coordinate {where} is an Inf or NaN {self.format} code")
-        if code != kernels.ERR_OK:
-            raise wire_error(self.name, f"payload rejected (kernel error {code} at {where})")
+        check_kernel(self.name, code, where)
 
     def _payload_nbytes(self, d):
         return 2 * d

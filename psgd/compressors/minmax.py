@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import kernels
 from ..validation import Int
-from .base import Compressor, register_compressor, wire_error
+from .base import Compressor, check_kernel, register_compressor
 
 
 def _seed(rng) -> int:
@@ -76,9 +76,7 @@ class MinMax(Compressor):
         messages = {kernels.ERR_SCALE: f"bucket {where} has a min or max that is NaN or Inf, "
                                        "or min > max",
                     kernels.ERR_PADDING: "padding bits after the last index are not zero"}
-        if code != kernels.ERR_OK:
-            raise wire_error(self.name, messages.get(code, f"payload rejected (kernel error "
-                                                           f"{code} at {where})"))
+        check_kernel(self.name, code, where, messages)
 
     def _payload_nbytes(self, d):
         return self._nbytes(d)

@@ -55,7 +55,7 @@ import numpy as np
 
 from .. import kernels
 from ..validation import Choice, Int, Nullable
-from .base import Compressor, register_compressor, resolve_block_size, wire_error
+from .base import Compressor, check_kernel, register_compressor, resolve_block_size, wire_error
 
 _NORM_CODES = {"2": kernels.NORM_2, "inf": kernels.NORM_INF}
 
@@ -93,8 +93,7 @@ class Natural(Compressor):
             raise wire_error(self.name, f"coordinate {where} is zero with its sign bit set")
         if code == kernels.ERR_PADDING:
             raise wire_error(self.name, "padding bits after the last sign are not zero")
-        if code != kernels.ERR_OK:
-            raise wire_error(self.name, f"payload rejected (kernel error {code} at {where})")
+        check_kernel(self.name, code, where)
 
     def _payload_nbytes(self, d):
         return kernels.natural_nbytes(d)
@@ -151,9 +150,7 @@ class NaturalDithering(Compressor):
                     kernels.ERR_LEVEL: f"coordinate {where} has a level above levels={self.levels}",
                     kernels.ERR_SIGN: f"coordinate {where} has level 0 with its sign bit set",
                     kernels.ERR_PADDING: "padding bits after the last symbol are not zero"}
-        if code != kernels.ERR_OK:
-            raise wire_error(self.name, messages.get(code, f"payload rejected (kernel error "
-                                                           f"{code} at {where})"))
+        check_kernel(self.name, code, where, messages)
 
     def _payload_nbytes(self, d):
         return self._nbytes(d)

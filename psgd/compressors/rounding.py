@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import kernels
 from ..validation import Int, Nullable, Real
-from .base import Compressor, register_compressor, resolve_block_size, wire_error
+from .base import Compressor, check_kernel, register_compressor, resolve_block_size
 
 
 @register_compressor
@@ -88,9 +88,7 @@ class Rounding(Compressor):
             kernels.ERR_SIZE: f"the width bytes imply a payload of {where} bytes, got {payload.size}",
             kernels.ERR_CODE: f"coordinate {where} has the code 2^32 - 1, which encode never writes",
             kernels.ERR_PADDING: "padding bits after the last code are not zero"}
-        if code != kernels.ERR_OK:
-            raise wire_error(self.name, messages.get(code, f"payload rejected (kernel error "
-                                                           f"{code} at {where})"))
+        check_kernel(self.name, code, where, messages)
 
     def _max_payload_nbytes(self, d):
         nb = kernels.nblocks(d, resolve_block_size(self.block_size, d)) if d else 0

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import kernels
 from ..validation import Int, Nullable
-from .base import Compressor, register_compressor, resolve_block_size, wire_error
+from .base import Compressor, check_kernel, register_compressor, resolve_block_size, wire_error
 
 
 @register_compressor
@@ -62,8 +62,7 @@ class Sign(Compressor):
             raise wire_error(self.name, f"scale of block {where} is negative, NaN or Inf")
         if code == kernels.ERR_PADDING:
             raise wire_error(self.name, "padding bits after the last sign are not zero")
-        if code != kernels.ERR_OK:
-            raise wire_error(self.name, f"payload rejected (kernel error {code} at {where})")
+        check_kernel(self.name, code, where)
 
     def _payload_nbytes(self, d):
         return kernels.sign_nbytes(d, resolve_block_size(self.block_size, d))
