@@ -63,7 +63,7 @@ def test_alias_bomb_is_refused_in_milliseconds(tmp_path):
             "print(time.process_time() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
             "; sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, cwd=tmp_path)  # the installed psgd, not the tree
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "more than 10000 values once aliases are expanded" in lines[0]
