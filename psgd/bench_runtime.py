@@ -60,13 +60,18 @@ def run_psgd(d, n, mode, tau, steps, workdir, repeat=0, servers=1):
     with open(os.path.join(out, "summary.json")) as fh:
         s = json.load(fh)
     k = s["iterations"]
-    row = {"steps_per_s": k / s["wall_s"], "bits_up_per_step": s["bits_up_total"] / k}
+    row = {"steps_per_s": k / s["wall_s"], "bits_up_per_step": s["bits_up_total"] / k,
+           "server_rss_mb": _mb(s.get("server_peak_rss_mb"))}
     for phase in PHASES:
         row[f"{phase}_ms"] = 1e3 * s["server_time_s"].get(phase, 0.0) / k
     for r in s.get("shards", [])[1:]:  # the other servers' split (server 0's is above)
         for phase in PHASES:
             row[f"s{r['server']}_{phase}_ms"] = 1e3 * r["server_time_s"].get(phase, 0.0) / k
     return row
+
+
+def _mb(value):
+    return float("nan") if value is None else float(value)  # (not Linux: unknown)
 
 
 def streaming_pass_ms(d, repeats=5):
@@ -116,8 +121,12 @@ def allreduce_rank(d, steps):
         x -= (1.0 / n) * total
     comm.Barrier()
     wall = time.perf_counter() - t0
+    from psgd.metrics import peak_rss_mb
+
+    rss = comm.reduce(_mb(peak_rss_mb()), op=MPI.MAX)  # the largest rank's
     if rank == 0:
-        print(json.dumps({"steps_per_s": steps / wall, "bits_per_step": 64 * d * n}))
+        print(json.dumps({"steps_per_s": steps / wall, "bits_per_step": 64 * d * n,
+                          "rss_mb": rss}))
 
 
 def _row(d, n, mode, n_servers, steps, base, pass_ms, args, work):
@@ -125,14 +134,16 @@ def _row(d, n, mode, n_servers, steps, base, pass_ms, args, work):
     row = {"n": n, "servers": n_servers, "d": d, "mode": mode, "steps": steps, **median_of(runs),
            "steps_per_s_runs": [r["steps_per_s"] for r in runs],
            "allreduce_steps_per_s": base["steps_per_s"],
-           "allreduce_bits_per_step": base["bits_per_step"], "pass_ms": pass_ms}
+           "allreduce_bits_per_step": base["bits_per_step"], "allreduce_rss_mb": base["rss_mb"],
+           "pass_ms": pass_ms}
     row["ratio"] = row["steps_per_s"] / row["allreduce_steps_per_s"]
     # a synchronous update applies n messages; an asynchronous one about one
     per_msg = row["apply_ms"] / (n if mode == "sync" else 1)
     print(f"{n:>2} {n_servers:>2} {d:>9} {mode:>5} {row['steps_per_s']:>9.1f} "
           + " ".join(f"{row[f'{ph}_ms']:>8.3f}" for ph in PHASES)
           + f" {row['allreduce_steps_per_s']:>9.1f} {row['ratio']:>6.2f}"
-          f" {row['bits_up_per_step']:>10.0f} {per_msg:>9.3f} {pass_ms:>7.3f}", flush=True)
+          f" {row['bits_up_per_step']:>10.0f} {per_msg:>9.3f} {pass_ms:>7.3f}"
+          f" {row['server_rss_mb']:>8.0f} {row['allreduce_rss_mb']:>8.0f}", flush=True)
     for s in range(1, n_servers):
         print(f"{'':>2} {'s' + str(s):>2} {'':>9} {'':>5} {'':>9} "
               + " ".join(f"{row[f's{s}_{ph}_ms']:>8.3f}" for ph in PHASES), flush=True)
@@ -170,12 +181,14 @@ def main(argv) -> int:
     rows = []
     header = (f"{'n':>2} {'S':>2} {'d':>9} {'mode':>5} {'steps/s':>9} {'wait':>8} {'decode':>8} "
               f"{'apply':>8} {'encode':>8} {'send':>8} {'allred/s':>9} {'ratio':>6} "
-              f"{'bits/step':>10} {'apply/msg':>9} {'pass':>7}")
+              f"{'bits/step':>10} {'apply/msg':>9} {'pass':>7} {'rss MiB':>8} {'allred':>8}")
     print("per-step server time in ms (server 0; the other servers' split on the lines below); "
           "decode = receive checks and copy, apply = the fused decode-and-accumulate of every "
           "message plus the step; allred/s = uncompressed MPI.Allreduce data-parallel GD on n "
           "ranks; ratio = psgd / allreduce; pass = one streaming pass over d float32 values "
-          f"(the bound for apply/msg); medians of {args.repeats} runs; {os.cpu_count()} cores "
+          "(the bound for apply/msg); rss = server 0's peak resident memory, allred = the "
+          "largest Allreduce rank's (MiB); "
+          f"medians of {args.repeats} runs; {os.cpu_count()} cores "
           "(oversubscribed beyond that)")
     print(header)
     with tempfile.TemporaryDirectory() as work:

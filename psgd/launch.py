@@ -13,7 +13,6 @@ shared memory and calls ``MPI.COMM_WORLD.Abort(1)``, which ends the whole job.
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import sys
@@ -112,7 +111,7 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False,
             ctx = build_context(cfg, roles, ps=ps, constants=consts)
             if roles.of(rank) == ("server", 0):  # f* to high accuracy: a setup failure if not
                 t_solve = time.perf_counter()
-                ctx.x_star, ctx.f_star = problems.solve(ctx.ps)
+                ctx.x_star, ctx.f_star = problems.solve(ctx.ps, copy=False)
                 ctx.solve_s = time.perf_counter() - t_solve
                 if ctx.f_star is None and cfg["run"]["target"] is not None:
                     raise ConfigError(f"run.target: got {cfg['run']['target']:g}, but problem "
@@ -374,11 +373,11 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
         "L": ctx.consts.L, "L_i": ctx.consts.L_i, "mu": ctx.consts.mu,
         "n_workers": ctx.n, "d": ctx.d, "weights": [float(w) for w in ctx.ps.weights],
         "server_time_s": {k: round(v, 6) for k, v in server.timers.items()},
+        # server 0's peak resident memory (MiB), taken before the summary is written
+        "server_peak_rss_mb": metrics.peak_rss_mb(),
         "versions": metrics.versions(),
     }
-    model = io.BytesIO()
-    np.save(model, server.final_x)
-    _write_outputs(out_dir, {"model.npy": model.getvalue(),
+    _write_outputs(out_dir, {"model.npy": lambda fh: _write_npy(fh, server.final_x),
                              "summary.json": metrics.json_bytes(summary)})
     print(f"done: {status} after {summary['iterations']} steps in {wall:.2f} s; "
           f"final subopt {_fmt(summary['final_subopt'], '.3e')}; bits up {metrics.fmt_bits(summary['bits_up_total'])}, "
@@ -409,7 +408,8 @@ def _totals(server, ctx):
                      "bits_up": 8 * c["bytes_up"], "bits_down": 8 * c["bytes_down"],
                      "staleness_max": max((int(k) for k in t["staleness_hist"]), default=0),
                      "staleness_hist": t["staleness_hist"],
-                     "server_time_s": {k: round(v, 6) for k, v in t["timers"].items()}})
+                     "server_time_s": {k: round(v, 6) for k, v in t["timers"].items()},
+                     "peak_rss_mb": t["peak_rss_mb"]})
     return counters, staleness, rows
 
 
@@ -420,6 +420,14 @@ def _write_outputs(out_dir: str, files: dict) -> None:
     step = checkpoint.latest(out_dir)
     replace_files(out_dir, files, "" if step is None else f"; the checkpoint at step {step} is "
                                                          f"intact (--resume continues from it)")
+
+
+def _write_npy(fh, x: np.ndarray) -> None:
+    """``np.save`` without a copy of x, and with the OS's own error on a full disk (np.save
+    writes a real file with tofile, whose error does not say why)."""
+    fmt = np.lib.format
+    fmt.write_array_header_1_0(fh, fmt.header_data_from_array_1_0(x))
+    fh.write(memoryview(np.ascontiguousarray(x)).cast("B"))
 
 
 def _omega(ctx):

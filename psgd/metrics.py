@@ -39,6 +39,15 @@ DIVERGED = 1e6
 COUNT_KEYS = ("bits_up", "bits_down", "payload_bits_up", "payload_bits_down", "epoch")
 
 
+def squared_distance(a, b, chunk: int = 1 << 16) -> float:
+    """||a - b||^2 a chunk at a time: no d-sized temporary on the server."""
+    total = 0.0
+    for lo in range(0, a.size, chunk):
+        u = a[lo:lo + chunk] - b[lo:lo + chunk]
+        total += float(u @ u)
+    return total
+
+
 class Metrics:
     """Evaluates the model on rank 0 every ``log_every`` server updates and records it."""
 
@@ -57,7 +66,7 @@ class Metrics:
         x0 = ctx.x0
         self.f0 = float(ctx.ps.loss(x0))
         self.gap0 = None if ctx.f_star is None else self.f0 - ctx.f_star
-        self.dist0 = None if ctx.x_star is None else float(np.sum((x0 - ctx.x_star) ** 2))
+        self.dist0 = None if ctx.x_star is None else squared_distance(x0, ctx.x_star)
         #: a loss above this counts as divergence
         self.loss_bound = self.f0 + DIVERGED * (abs(self.f0) + 1.0)
         self.target = ctx.cfg["run"]["target"]
@@ -97,20 +106,21 @@ class Metrics:
 
     def _evaluate(self, x) -> dict:
         ctx = self.ctx
-        smooth, grad = ctx.ps.global_objective.value_and_grad(x)
-        loss = float(smooth + ctx.ps.reg.value(x))
+        objective = ctx.ps.global_objective
         if ctx.has_l1:
+            smooth, grad = objective.value_and_grad(x)
             # the prox-gradient mapping norm: zero exactly at the composite optimum
             step = ctx.hyper.gamma if ctx.consts.L is None else 1.0 / ctx.consts.L
             gnorm = float(np.linalg.norm(x - ctx.prox(x - step * grad, step)) / step)
         else:
-            gnorm = float(np.linalg.norm(grad))
+            smooth, gnorm = objective.value_and_grad_norm(x)
+        loss = float(smooth + ctx.ps.reg.value(x))
         subopt = None if ctx.f_star is None else loss - ctx.f_star  # null where f* is unknown
         rec = {"loss": loss, "subopt": subopt, "grad_norm": gnorm}
         if self.gap0:
             rec["rel_subopt"] = subopt / self.gap0
         if self.dist0:
-            rec["dist2"] = float(np.sum((x - ctx.x_star) ** 2)) / self.dist0
+            rec["dist2"] = squared_distance(x, ctx.x_star) / self.dist0
         extra = ctx.ps.evaluate(x)  # the problem's own metrics (test accuracy, ...)
         self.extra_keys = [k for k in extra if k not in rec]
         rec.update({k: extra[k] for k in self.extra_keys})
@@ -182,6 +192,20 @@ class Metrics:
 
     def close(self):
         self.file.close()
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MiB (Linux VmHWM; None where unknown). Not
+    ru_maxrss: Linux keeps that across exec, so a rank started by a large parent reports
+    the parent's peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def versions() -> dict:

@@ -103,7 +103,9 @@ def atomic_write(path: str, data: bytes) -> None:
 def replace_files(out_dir: str, files: dict, also_kept: str = "") -> None:
     """Replace several files of ``out_dir`` together: every one is written and fsync-ed
     beside its target first, then all are renamed, so a full disk or a crash while writing
-    leaves every old file as it was. RunError naming the file that could not be written."""
+    leaves every old file as it was. RunError naming the file that could not be written.
+    A file's data is bytes, or a function that writes them to the open file (a large model
+    streamed by ``np.save`` instead of held twice in memory as bytes)."""
     staged = []
     try:
         for name, data in files.items():
@@ -112,7 +114,7 @@ def replace_files(out_dir: str, files: dict, also_kept: str = "") -> None:
             staged.append(tmp)
             try:
                 with open(tmp, "wb") as fh:
-                    fh.write(data)
+                    data(fh) if callable(data) else fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
             except OSError as exc:

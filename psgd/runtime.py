@@ -195,7 +195,7 @@ def build_context(cfg: dict, roles: Roles, ps=None, constants=None) -> RunContex
     downlinks = [Downlink(run, sh.d, sharding.shard_config(down_cfg, sh, ps.d)) for sh in shards]
     return RunContext(cfg=cfg, ps=ps, roles=roles, compressor=compressor,
                       uplink=uplinks[0], downlink=downlinks[0], consts=consts, alg=alg,
-                      streams=streams, x0=ps.initial_point(),
+                      streams=streams, x0=ps.x0,
                       has_l1=cfg["problem"].get("l1", 0.0) > 0, tau=tau,
                       shards=shards, uplinks=uplinks, downlinks=downlinks)
 

@@ -22,6 +22,7 @@ from psgd import checkpoint, steps, wire
 from psgd.comm import Backoff
 from psgd.compressors.base import HEADER_NBYTES as CODEC_HEADER_NBYTES
 from psgd.errors import RunError, WireFormatError
+from psgd.metrics import peak_rss_mb
 from psgd.server.ssp import StalenessGate
 
 COUNTERS = ("bytes_up", "bytes_down", "messages_up", "messages_down", "payload_up", "payload_down")
@@ -269,7 +270,8 @@ class Server:
         """This server's counters, as the summary reports them per range."""
         return {"server": self.shard, "counters": {k: self.counters[k] for k in COUNTERS},
                 "staleness_hist": {str(k): v for k, v in sorted(self.staleness.items())},
-                "timers": dict(self.timers), "step": self.state.step}
+                "timers": dict(self.timers), "step": self.state.step,
+                "peak_rss_mb": peak_rss_mb()}
 
     def _poll(self, handle, until, deadline_s=None, late=None):
         """Service arrivals with ``handle(j)`` until ``until()`` holds.

@@ -185,6 +185,28 @@ def test_quadratic_huge_diagonal_is_cheap():
     assert P.constants(ps)["L"] == 1.0
 
 
+def test_quadratic_streams_what_the_server_evaluates():
+    # d spans several chunks plus a partial one, so every chunk boundary is crossed
+    from psgd.problems.quadratic import CHUNK
+    d = 2 * CHUNK + 123
+    ps = make({"name": "quadratic", "n_features": d, "mu": 0.1, "L": 2.0}, {}, seed=2, n_workers=3)
+    obj = ps.global_objective
+    x = np.random.default_rng(1).standard_normal(d)
+    u = x - obj.center
+    value, grad_norm = obj.value_and_grad_norm(x)
+    assert value == pytest.approx(0.5 * u @ (obj.lam * u) + obj.const, rel=1e-12)
+    assert grad_norm == pytest.approx(np.linalg.norm(obj.lam * u), rel=1e-12)
+    assert obj.value(x) == value
+    # the server's x* and x0 are the problem's own arrays, read-only; the API's are copies
+    x_star, f_star = P.solve(ps, copy=False)
+    assert np.shares_memory(x_star, obj.center) and not x_star.flags.writeable
+    assert obj.center.flags.writeable  # the view is read-only, not the problem's array
+    mine, _ = P.solve(ps)
+    assert mine.flags.writeable and not np.shares_memory(mine, obj.center)
+    assert f_star == pytest.approx(ps.loss(mine), rel=1e-14)
+    assert not ps.x0.flags.writeable and ps.initial_point().flags.writeable
+
+
 def test_deterministic_build():
     cfgs = ({"name": "logistic", "l2": 0.01}, {"partition": "shuffled", "n_samples": 100})
     a = make(*cfgs, seed=3, n_workers=3)

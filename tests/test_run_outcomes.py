@@ -59,6 +59,7 @@ def test_payload_bits_epochs_and_relative_metrics(run_psgd):
     models = s["messages_down"] - n
     assert s["payload_bits_down_total"] == 8 * models * 8 * s["d"]  # float64 model, exactly
     assert s["epochs"] == pytest.approx(50)  # full local gradients: one pass per update
+    assert 20 < s["server_peak_rss_mb"] < 2000  # VmHWM in MiB, not kB or bytes
     last = res.metrics[-1]
     assert last["epoch"] == pytest.approx(50) and last["payload_bits_up"] > 0
     first = res.metrics[0]

@@ -94,5 +94,6 @@ def test_async_two_servers_bound_staleness_per_range_under_a_straggler(run_psgd)
     assert res.returncode == 0, res.stderr
     s = res.summary
     assert all(r["staleness_max"] <= 2 for r in s["shards"])
+    assert all(20 < r["peak_rss_mb"] < 2000 for r in s["shards"])  # each server its own
     assert max(int(k) for r in s["shards"] for k in r["staleness_hist"]) == 2  # async happened
     assert s["final_subopt"] < 1e-6

@@ -198,7 +198,7 @@ class Algorithm:
         d = x0.size
         table = not self.synchronous and self.hyper.form == "table"
         return self.server_state(
-            x=x0.astype(np.float64).copy(),
+            x=np.array(x0, dtype=np.float64),  # one copy: x0 is read-only
             table=Table.zeros(self.n, d) if table else None,
             velocity=np.zeros(d) if self.hyper.momentum else None,
             **self.server_fields(d))

@@ -31,6 +31,12 @@ class Objective:
     def value_and_grad(self, x):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def value_and_grad_norm(self, x):
+        """(f(x), ||grad f(x)||): what the metrics log. Objectives that can stream override
+        it, so the server need not hold a d-sized gradient it only takes the norm of."""
+        value, grad = self.value_and_grad(x)
+        return value, float(np.linalg.norm(grad))
+
     def stochastic_grad(self, x, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         return self.grad(x)
 

@@ -65,6 +65,14 @@ class ProblemSet:
     def initial_point(self) -> np.ndarray:
         return self._x0.copy()
 
+    @property
+    def x0(self) -> np.ndarray:
+        """The initial point itself, read-only: what the runtime keeps (a d = 10^7 copy that
+        nobody writes is 80 MB of a server's memory; an all-zero x0 is not even resident)."""
+        view = self._x0.view()
+        view.flags.writeable = False
+        return view
+
     def evaluate(self, x) -> dict:
         """Extra metrics of the model ``x`` (name -> float), logged at every logging step."""
         return {} if self._evaluator is None else dict(self._evaluator(x))

@@ -22,6 +22,10 @@ from .problemset import ProblemSet
 from .regulariser import L1Reg
 
 
+#: coordinates per chunk of a streamed evaluation: 512 KiB of float64, cache-sized
+CHUNK = 1 << 16
+
+
 class QuadraticObjective(Objective):
     """``1/2 (x - c)^T H (x - c) + const`` with ``H = diag(lam)`` or ``Q diag(lam) Q^T``."""
 
@@ -38,8 +42,29 @@ class QuadraticObjective(Objective):
         return self.Q @ (self.lam * (self.Q.T @ u))
 
     def value(self, x):
+        if self.Q is None:
+            return self._streamed(x)[0]
         u = np.asarray(x, dtype=np.float64) - self.center
         return float(0.5 * (u @ self._h(u)) + self.const)
+
+    def value_and_grad_norm(self, x):
+        if self.Q is None:
+            value, sq = self._streamed(x)
+            return value, math.sqrt(sq)
+        return super().value_and_grad_norm(x)
+
+    def _streamed(self, x):
+        """Diagonal H: (f(x), ||grad f(x)||^2) a chunk at a time. The server evaluates its model
+        at every logging step (and with run.target at every step): at d = 10^7 two d-sized
+        temporaries would be 160 MB of its peak memory for two numbers."""
+        x = np.asarray(x, dtype=np.float64)
+        quad = sq = 0.0
+        for lo in range(0, self.d, CHUNK):
+            u = x[lo:lo + CHUNK] - self.center[lo:lo + CHUNK]
+            g = self.lam[lo:lo + CHUNK] * u
+            quad += float(u @ g)
+            sq += float(g @ g)
+        return 0.5 * quad + self.const, sq
 
     def grad(self, x):
         return self._h(np.asarray(x, dtype=np.float64) - self.center)
@@ -148,7 +173,9 @@ class Quadratic(Problem):
         weights = np.full(n_workers, 1.0 / n_workers)
 
         def center(i):
-            return _data._rng(seed, _data.STREAM_CENTERS, i).standard_normal(d) / math.sqrt(d)
+            c = _data._rng(seed, _data.STREAM_CENTERS, i).standard_normal(d)
+            c /= math.sqrt(d)  # in place: the server builds n of these at d = 10^7
+            return c
 
         def local(i):
             return QuadraticObjective(lam, center(i), 0.0, Q)
@@ -156,7 +183,10 @@ class Quadratic(Problem):
         def global_():
             cbar = np.zeros(d)
             for i in range(n_workers):
-                cbar += weights[i] * center(i)
+                c = center(i)
+                c *= weights[i]
+                cbar += c
+                del c  # before the next center is drawn: one d-sized temporary at a time
             probe = QuadraticObjective(lam, cbar, 0.0, Q)
             const = sum(weights[i] * probe.value(center(i)) for i in range(n_workers))
             return QuadraticObjective(lam, cbar, const, Q)
@@ -171,9 +201,9 @@ class Quadratic(Problem):
     @classmethod
     def reference(cls, ps, tol):
         obj = ps.global_objective
-        x = obj.center.copy()
-        return x, obj.const, {"method": "closed form", "iterations": 0,
-                              "grad_norm": float(np.linalg.norm(obj.grad(x)))}
+        x = obj.center  # x* itself: psgd.problems.solve keeps it read-only
+        f, grad_norm = obj.value_and_grad_norm(x)
+        return x, f, {"method": "closed form", "iterations": 0, "grad_norm": grad_norm}
 
     @classmethod
     def constants(cls, ps):
