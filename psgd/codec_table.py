@@ -79,8 +79,8 @@ def _setting(cfg: dict) -> str:
 
 
 def table(d: int = D) -> str:
-    lines = [f"| psgd setting | psgd bytes/coord at d = 10^6 | peers that have it: how they send it "
-             f"| peer bytes/coord |", "|---|---|---|---|"]
+    lines = ["| psgd setting | psgd bytes/coord at d = 10^6 | peers that have it: how they send it "
+             "| peer bytes/coord |", "|---|---|---|---|"]
     for cfg, peers, theirs in ROWS:
         lines.append(f"| {_setting(cfg)} | {psgd_bytes_per_coord(cfg, d):.4f} | {peers} | {theirs} |")
     return "\n".join(lines) + "\n"

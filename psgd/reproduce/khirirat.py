@@ -213,8 +213,8 @@ def _why(R, variants, n, taus, proven):
     others = {k: R[k] for k in R if k.startswith(("sign", "topk"))}
     text += ("\n\nSign and top-k (relative error delta; no theorem with a ball): "
              + "; ".join(f"{k} ends at dist2 {sci(m['final_dist2'])}" for k, m in others.items())
-             + f". They stall because x* is not a fixed point of their compressed step: "
-               f"||sum_i w_i C(grad f_i(x*))|| is "
+             + ". They stall because x* is not a fixed point of their compressed step: "
+               "||sum_i w_i C(grad f_i(x*))|| is "
              + ", ".join(f"{sci(m['bias_at_opt'])} ({k})" for k, m in others.items()
                          if k.endswith("sync"))
              + f" against a mean ||grad f_i(x*)|| of {sci(R['round-sync']['grad_spread_at_opt'])}"
