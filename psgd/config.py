@@ -141,10 +141,6 @@ def _cross_checks(cfg: dict) -> None:
         downlink = _build_compressor(run["downlink"]["compressor"], DOWNLINK)
         _check_downlink_contracts(downlink, d)
         _check_message_size(downlink, d, DOWNLINK)
-    if run["servers"] > 1 and run["mode"] == "async" and run["checkpoint_every"] is not None:
-        raise ConfigError(f"run.checkpoint_every: got {run['checkpoint_every']}; allowed: null "
-                          f"when run.servers > 1 in async mode (sharded asynchronous servers "
-                          f"write no checkpoints yet; sync mode does)")
     get_algorithm_class(cfg["algorithm"]["name"]).check_config(cfg)
 
 

@@ -53,8 +53,10 @@ class Server:
         self.shard = 0 if ctx.shard is None else ctx.shard.index
         self.ended = None                    # a non-coordinator: the END it was sent
         self.gather_step = None              # a non-coordinator: the step server 0 wants
-        self.checkpoint_ask = None           # a non-coordinator: (checkpoint, its range's step)
+        self.checkpoint_ask = None           # a non-coordinator: (checkpoint, what it waits for:
+        #                                      its range's step, or async every worker's round)
         self.broadcast_nbytes = 0            # the size of the last broadcast model message
+        self.sent_nbytes = np.zeros(ctx.n, dtype=np.int64)  # of each worker's last model message
         self.tallies = {}                    # the coordinator: every other server's counters
         self.stop_requests = stop_requests  # filled by the signal handler
         self.n = ctx.n
@@ -86,19 +88,13 @@ class Server:
         iterations, every = run["iterations"], run["checkpoint_every"]
         self.t_start = time.perf_counter()
         self.wall_segments = []  # earlier segments' wall time up to their checkpoint
-        if resume_step is not None:
-            self._restore(resume_step)
+        saved = None if resume_step is None else self._restore(resume_step)
         for j in range(self.n):
             self.link.post_recv(j)
-        self._send_models([j for j in range(self.n) if j not in self.queued])
+        self._first_models(saved)
         self.metrics.log(self, force=resume_step is None)  # a resumed run logged its start already
         status = "max_iterations"
         while self.state.step < iterations:
-            if self.stop_requests and self.peers is not None and not self.ctx.alg.synchronous:
-                status, self.failure = "failed", (f"stopped by signal {self.stop_requests[0]}; "
-                                                  f"run.servers > 1 in async mode writes no "
-                                                  f"checkpoints")
-                break
             if self.stop_requests:
                 self._checkpoint()
                 status = "interrupted"
@@ -198,8 +194,9 @@ class Server:
         for _, header, payload in self.peers.poll():
             if header.kind == wire.GATHER:
                 self.gather_step = header.version
-            elif header.kind == wire.CKPT:
-                self.checkpoint_ask = (header.version, json.loads(payload.tobytes())["step"])
+            elif header.kind == wire.CKPT:  # sync: {"step": s}; async: {"rounds": [r_j]}
+                ask = json.loads(payload.tobytes())
+                self.checkpoint_ask = (header.version, ask.get("step", ask.get("rounds")))
             elif header.kind == wire.END:
                 self.ended = json.loads(payload.tobytes())
         self._answer_gather()
@@ -224,8 +221,10 @@ class Server:
             self.link.post_recv(j)
         if resume_step is None:
             self._send_models(list(range(self.n)))
-        else:  # the model message of the cut, as it was sent before (its bytes were saved)
+        elif self.ctx.alg.synchronous:  # the model message of the cut, as it was sent before
             self._resend_saved_model(self._restore(resume_step))
+        else:
+            self._first_models(self._restore(resume_step))
         while self.ended is None:
             if self.ctx.alg.synchronous and self.state.step >= iterations:
                 self._await_end()
@@ -305,8 +304,7 @@ class Server:
         """Worker j's completed message: (header, payload), or RunError naming the worker."""
         buf, nbytes = self.link.received(j)
         if count:
-            self.counters["bytes_up"] += nbytes
-            self.counters["messages_up"] += 1
+            self._count_received(j)
         try:
             header, payload = wire.parse(buf, nbytes, sender=self.link.name(j))
             if header.kind not in kinds:
@@ -317,10 +315,22 @@ class Server:
             raise RunError(f"bad message from {self.link.name(j)}: {exc}") from None
         return header, payload
 
-    def _receive_gradient(self, j):
-        """Validate and decode worker j's message, queue it, and re-post the receive."""
+    def _count_received(self, j):
+        self.counters["bytes_up"] += self.link.received(j)[1]
+        self.counters["messages_up"] += 1
+
+    def _receive_gradient(self, j, acks=None):
+        """Validate and decode worker j's message, queue it, and re-post the receive. With
+        ``acks`` (an asynchronous sharded checkpoint) its ACK is accepted too: acks[j] is then
+        the worker's round, the gradients it has sent every server."""
         t0 = time.perf_counter()
-        header, payload = self._parse(j, (wire.GRAD,))
+        header, payload = self._parse(j, (wire.GRAD,) if acks is None else (wire.GRAD, wire.ACK),
+                                      count=False)
+        if header.kind == wire.ACK:
+            acks[j] = int(header.seq)
+            self.link.post_recv(j)
+            return
+        self._count_received(j)
         if not self.gate.computing[j]:  # one gradient per model sent: a second is an impostor's
             raise RunError(f"bad message from {self.link.name(j)}: a second gradient (its step "
                            f"{header.seq}) before it was sent a new model; a worker owes one "
@@ -410,7 +420,9 @@ class Server:
         n = self.ctx.downlink.encode(self.state.x, mirror, self.down_rng, buf[wire.HEADER_NBYTES:])
         t1 = time.perf_counter()
         self.timers["encode"] += t1 - t0
-        self._send(j, wire.pack_header(buf, wire.MODEL, j, self.state.step, self.seq_out[j], n))
+        nbytes = wire.pack_header(buf, wire.MODEL, j, self.state.step, self.seq_out[j], n)
+        self._send(j, nbytes)
+        self.sent_nbytes[j] = nbytes  # (an asynchronous sharded checkpoint may send it again)
         self.counters["payload_down"] += n - CODEC_HEADER_NBYTES
         self.gate.sent(j, self.state.step, time.monotonic())
         self.timers["send"] += time.perf_counter() - t1
@@ -459,13 +471,11 @@ class Server:
         First hold every reply until each computing worker has reported (nothing in
         flight), then CKPT -> ACK with every worker, then the server's own file and the commit.
         """
-        out = self.ctx.cfg["output"]["dir"]
+        if self.peers is not None and not self.ctx.alg.synchronous:
+            return self._checkpoint_frozen()
         k = self.state.step
         self._poll(self._receive_gradient, until=lambda: not self.gate.any_computing())
-        try:
-            os.makedirs(checkpoint.step_dir(out, k), exist_ok=True)
-        except OSError as exc:
-            raise checkpoint.write_error(out, k, exc) from None
+        self._make_step_dir(k)
         if self.peers is not None:
             self._checkpoint_ranges(k)
         for j in range(self.n):
@@ -480,12 +490,79 @@ class Server:
         self._poll(ack, until=lambda: len(acked) == self.n, deadline_s=self.timeout + 30,
                    late=lambda: f"checkpoint at step {k}: no acknowledgement from workers "
                                 f"{sorted(set(range(self.n)) - acked)}")
+        self._commit(k, self._state_arrays())
+
+    def _make_step_dir(self, k):
+        out = self.ctx.cfg["output"]["dir"]
         try:
-            checkpoint.save_arrays(checkpoint.rank_file(out, k), self._state_arrays())
+            os.makedirs(checkpoint.step_dir(out, k), exist_ok=True)
+        except OSError as exc:
+            raise checkpoint.write_error(out, k, exc) from None
+
+    def _commit(self, k, arrays):
+        """Server 0's own file, then the commit: every other file of checkpoint k is written."""
+        out = self.ctx.cfg["output"]["dir"]
+        try:
+            checkpoint.save_arrays(checkpoint.rank_file(out, k), arrays)
             checkpoint.commit(out, k)
         except OSError as exc:
             raise checkpoint.write_error(out, k, exc) from None
         print(f"checkpoint: step {k} written to {checkpoint.step_dir(out, k)}", flush=True)
+
+    def _checkpoint_frozen(self):
+        """Asynchronous sharded servers: a consistent cut without draining the pipeline.
+
+        Quiescing one server can deadlock here (its workers wait for another server's
+        range, whose gate waits for them), so the workers stop instead: CKPT freezes each
+        worker (it computes nothing until GO), it writes its state after its last gradient
+        and answers with its round r_j, the gradients it has sent every server. Each server
+        then waits for those gradients and writes its state together with the model messages
+        it sent beyond them (the frozen workers drop such ranges unapplied; on resume they
+        are sent again, byte for byte). Then server 0 commits and sends GO.
+        """
+        k = self.state.step
+        self._make_step_dir(k)
+        # a worker still computing may not have applied the last model sent to it; CKPT will
+        # reuse its send buffer, so keep those bytes
+        last = {j: self.link.send_buffer(j)[:self.sent_nbytes[j]].copy()
+                for j in range(self.n) if self.gate.computing[j]}
+        for j in range(self.n):
+            self._send_control(j, wire.CKPT, count=False)
+        rounds = {}
+        self._poll(lambda j: self._receive_gradient(j, rounds),
+                   until=lambda: len(rounds) == self.n, deadline_s=self.timeout + 30,
+                   late=lambda: f"checkpoint at step {k}: no acknowledgement from workers "
+                                f"{sorted(set(range(self.n)) - rounds.keys())}")
+        rounds = [rounds[j] for j in range(self.n)]
+        if (self.seq_in != rounds).any():  # (each gradient came before its worker's ACK)
+            raise RunError(f"internal error: checkpoint at step {k}: gradients received "
+                           f"{self.seq_in.tolist()}, workers' rounds {rounds}")
+        for s in self.peers.peers:
+            self.peers.send(s, wire.CKPT, k, json.dumps({"rounds": rounds}).encode())
+        arrays = {**self._state_arrays(), **self._inflight(rounds, last.get)}
+        acked = set()
+
+        def ack(s, header, payload):
+            if header.kind == wire.ACK and header.version == k:
+                acked.add(s)
+
+        self._await_peers(ack, lambda: len(acked) == len(self.peers.peers),
+                          f"the checkpoint files of servers (step {k})")
+        self._commit(k, arrays)
+        for j in range(self.n):
+            self._send_control(j, wire.GO, count=False)
+
+    def _inflight(self, rounds, sent_bytes) -> dict:
+        """The model messages this server sent beyond the workers' rounds of a frozen cut:
+        workers that have not computed on them (their files do not count them)."""
+        ahead = [j for j in range(self.n) if self.seq_out[j] == rounds[j] + 1]
+        payloads = [sent_bytes(j) for j in ahead]
+        if any(p is None for p in payloads) or (self.seq_out > np.asarray(rounds) + 1).any():
+            raise RunError(f"internal error: server {self.shard}: models sent {self.seq_out.tolist()}"
+                           f" beyond the workers' rounds {list(rounds)}")
+        return {"inflight_workers": np.array(ahead, dtype=np.int64),
+                "inflight_sizes": np.array([p.size for p in payloads], dtype=np.int64),
+                "inflight_payloads": np.concatenate(payloads + [np.zeros(0, np.uint8)])}
 
     def _checkpoint_ranges(self, k):
         """Sharded (sync): every other server writes its file at the step the cut has for
@@ -505,22 +582,34 @@ class Server:
                           f"the checkpoint files of servers (step {target} of their ranges)")
 
     def _range_checkpoint_due(self) -> bool:
-        return self.checkpoint_ask is not None and self.state.step >= self.checkpoint_ask[1]
+        if self.checkpoint_ask is None:
+            return False
+        if self.ctx.alg.synchronous:
+            return self.state.step >= self.checkpoint_ask[1]
+        return bool((self.seq_in == self.checkpoint_ask[1]).all())  # every round's gradient in
 
     def _range_checkpoint(self):
         """A server s > 0: its file of server 0's checkpoint k, once its range is at the
         cut's step and its models of that step have gone out (their bytes are saved, to be
-        sent again on resume), then ACK."""
-        out = self.ctx.cfg["output"]["dir"]
+        sent again on resume), then ACK. Asynchronous: once every worker's gradient of its
+        round is in, with the models it sent beyond those rounds (server 0's docstring)."""
         k, step = self.checkpoint_ask
+        if not self.ctx.alg.synchronous:
+            arrays = {**self._state_arrays(),
+                      **self._inflight(step, lambda j: self.link.send_buffer(j)[
+                          :self.sent_nbytes[j]].copy())}
+            self._save_range_file(k, arrays)
+            return
         if self.state.step != step:
             raise RunError(f"server {self.shard}: asked for checkpoint {k} at step {step} of its "
                            f"range, but it is at step {self.state.step}")
         buf, nbytes = self.link.shared_buffer(), self.broadcast_nbytes
-        path = checkpoint.rank_file(out, k, "server", self.shard)
+        self._save_range_file(k, {**self._state_arrays(), "sent_model": buf[:nbytes].copy()})
+
+    def _save_range_file(self, k, arrays):
+        out = self.ctx.cfg["output"]["dir"]
         try:
-            checkpoint.save_arrays(path, {**self._state_arrays(),
-                                          "sent_model": buf[:nbytes].copy()})
+            checkpoint.save_arrays(checkpoint.rank_file(out, k, "server", self.shard), arrays)
         except OSError as exc:
             raise checkpoint.write_error(out, k, exc, f"server {self.shard}: ") from None
         self.checkpoint_ask = None
@@ -536,6 +625,24 @@ class Server:
         for j in range(self.n):
             self.link.send_shared(j, saved.size)
             self.gate.sent(j, self.state.step, now)
+
+    def _first_models(self, saved=None):
+        """The models of a start, or of a resume (``saved``: the checkpoint's arrays): the
+        messages in flight at an asynchronous sharded cut again, byte for byte (counted when
+        they first went), then the model to every other worker whose gradient is not queued."""
+        again = set()
+        if saved is not None and "inflight_workers" in saved:
+            ends = np.cumsum(saved["inflight_sizes"])
+            now = time.monotonic()
+            for j, end, size in zip(saved["inflight_workers"], ends, saved["inflight_sizes"]):
+                j = int(j)
+                buf = self.link.send_buffer(j)
+                buf[:size] = saved["inflight_payloads"][end - size:end]
+                self.link.send(j, int(size))
+                self.sent_nbytes[j] = size
+                self.gate.sent(j, int(self.gate.sent_version[j]), now)
+                again.add(j)
+        self._send_models([j for j in range(self.n) if j not in self.queued and j not in again])
 
     def _state_arrays(self) -> dict:
         queued = sorted(self.queued)

@@ -17,14 +17,17 @@ from psgd import checkpoint, steps, wire
 from psgd.errors import RunError, WireFormatError
 
 
-def parse_server_message(buf, nbytes, j: int, seq: int, sender: str):
+SERVER_KINDS = (wire.MODEL, wire.STOP, wire.CKPT)
+
+
+def parse_server_message(buf, nbytes, j: int, seq: int, sender: str, kinds=SERVER_KINDS):
     """(header, payload) of a message from a server to worker j, which expects sequence
     number ``seq``; anything else is a RunError naming the sender."""
     try:
         header, payload = wire.parse(buf, nbytes, sender=sender)
         to_me = header.worker == j or (header.kind == wire.MODEL
                                        and header.worker == wire.BROADCAST)
-        if header.kind not in (wire.MODEL, wire.STOP, wire.CKPT) or not to_me \
+        if header.kind not in kinds or not to_me \
                 or header.seq != seq:
             raise WireFormatError(f"unexpected {wire.KIND_NAMES[header.kind]} message "
                                   f"(worker {header.worker}, seq {header.seq}; expected "
@@ -193,6 +196,9 @@ class ShardedWorker(Worker):
         # (Each arrived range is copied out so that its link can receive again: a server
         # may send STOP before the others' ranges come.)
         live, arrived = set(everyone), {}
+        # asynchronous: a checkpoint freezes this worker until GO (server 0's), so that its
+        # round is the one its file saves while the servers write theirs
+        frozen = False
         deadline, since, backoff = self.first_deadline, time.monotonic(), Backoff()
         while live:
             new = [s for s in sorted(live) if self.links[s].test()]
@@ -213,11 +219,14 @@ class ShardedWorker(Worker):
                     continue  # (that server sends nothing more)
                 if header.kind == wire.CKPT:
                     self._checkpoint_sharded(header.version, arrived)
+                    frozen = not self.ctx.alg.synchronous
+                elif header.kind == wire.GO:
+                    frozen = False
                 elif live == everyone:
                     arrived[s] = (header.version, payload.copy())
                 # (a model after another server's STOP is dropped)
                 self.links[s].post_recv()
-            if live == everyone and arrived.keys() == everyone:
+            if live == everyone and arrived.keys() == everyone and not frozen:
                 for r, (_, payload) in arrived.items():
                     try:
                         self.x[self.ranges[r]] = self.ctx.downlinks[r].apply(
@@ -245,8 +254,9 @@ class ShardedWorker(Worker):
         self.seq_out = [int(v) for v in a["seq_out"]]
 
     def _parse_from(self, s, buf, nbytes):
-        header, payload = parse_server_message(buf, nbytes, self.j, self.seq_in[s], f"server {s}")
-        if header.kind != wire.CKPT:
+        header, payload = parse_server_message(buf, nbytes, self.j, self.seq_in[s], f"server {s}",
+                                               SERVER_KINDS + ((wire.GO,) if s == 0 else ()))
+        if header.kind not in (wire.CKPT, wire.GO):  # (control: the sequence stays)
             self.seq_in[s] += 1
         return header, payload
 
