@@ -145,6 +145,8 @@ def _cross_checks(cfg: dict) -> None:
         raise ConfigError(f"run.checkpoint_every: got {run['checkpoint_every']}; allowed: null "
                           f"when run.servers > 1 in async mode (sharded asynchronous servers "
                           f"write no checkpoints yet; sync mode does)")
+    if hasattr(uplink, "check_run"):  # a compressor's demands on the run (powersgd's rounds)
+        uplink.check_run(cfg, d)
     get_algorithm_class(cfg["algorithm"]["name"]).check_config(cfg)
 
 
