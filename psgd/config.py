@@ -132,6 +132,8 @@ def _cross_checks(cfg: dict) -> None:
                           f"run.mode is sync (set run.mode: async for bounded staleness)")
     d = dimension(cfg["problem"], cfg["data"])
     uplink = _build_compressor(cfg["compressor"], "compressor")
+    if hasattr(uplink, "check_run"):  # a compressor's demands on the run (powersgd's rounds)
+        uplink.check_run(cfg, d)
     _check_message_size(uplink, d, "compressor")
     if run["downlink"] is not None:
         down = check_params("run.downlink", {"compressor": AnyMapping(required=True)},
@@ -145,8 +147,6 @@ def _cross_checks(cfg: dict) -> None:
         raise ConfigError(f"run.checkpoint_every: got {run['checkpoint_every']}; allowed: null "
                           f"when run.servers > 1 in async mode (sharded asynchronous servers "
                           f"write no checkpoints yet; sync mode does)")
-    if hasattr(uplink, "check_run"):  # a compressor's demands on the run (powersgd's rounds)
-        uplink.check_run(cfg, d)
     get_algorithm_class(cfg["algorithm"]["name"]).check_config(cfg)
 
 

@@ -127,11 +127,10 @@ class PowerSGD(Compressor):
         """ConfigError unless ``shapes`` fit a length-d vector (config validation)."""
         from ..errors import ConfigError
 
-        try:
-            self.layers(d)
-        except ValueError as exc:
-            raise ConfigError(f"{path}: {str(exc).split(': ', 1)[1]}; allowed: shapes whose "
-                              f"m n add up to d = {d}") from None
+        covered = sum(m * n for m, n in self.shapes or [])
+        if self.shapes is not None and covered != d:
+            raise ConfigError(f"{path}: got {self.shapes} (covering {covered} coordinates); "
+                              f"allowed: shapes whose m n add up to d = {d}")
 
     def check_run(self, cfg: dict, d: int | None) -> None:
         """What a run with powersgd needs (ConfigError naming the key otherwise): error
