@@ -122,7 +122,6 @@ def least_squares(n=3, m=30, d=20, seed=0):
 @pytest.mark.parametrize("name", ["ef", "ef21"])
 def test_rounds_in_process_keep_every_rank_on_one_model_and_converge(name):
     locs, x_star = least_squares()
-    d = x_star.size
     comp = get_compressor({"name": "powersgd", "rank": 1, "shapes": [[5, 4]]})
     ss, wss, workers, alg, sizes = run_rounds(name, comp, locs, 400, 0.1)
     # the bytes of each message: r (m + n) = 5 + 4 floats per step, each way
