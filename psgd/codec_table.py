@@ -56,6 +56,9 @@ ROWS = [
     ({"name": "perm_k", "n": 4},
      "KAUST `distributed_optimization_library` permutation compressors: simulated (no wire)",
      "(counted as 1)"),
+    ({"name": "powersgd", "rank": 4},
+     "PyTorch DDP `powerSGD_hook`, GRACE powersgd: allreduce of float32 P and Q, r (m + n) "
+     "per m x n matrix (here one 1000 x 1000 matrix, each way)", "0.032 (the same factors)"),
     ({"name": "bernoulli", "p": 0.25},
      "FL_PyTorch `bernulli:p` (lazy): simulated, counted as p d floats", "(counted as 1, expected)"),
 ]

@@ -132,6 +132,10 @@ def _cross_checks(cfg: dict) -> None:
                           f"run.mode is sync (set run.mode: async for bounded staleness)")
     d = dimension(cfg["problem"], cfg["data"])
     uplink = _build_compressor(cfg["compressor"], "compressor")
+    if hasattr(uplink, "check_run"):  # a compressor's demands on the run (powersgd's rounds)
+        uplink.check_run(cfg, d)
+        # (where the problem cannot tell d, explicit layer shapes do)
+        d = d or sum(m * n for m, n in uplink.config.get("shapes") or []) or None
     _check_message_size(uplink, d, "compressor")
     if run["downlink"] is not None:
         down = check_params("run.downlink", {"compressor": AnyMapping(required=True)},

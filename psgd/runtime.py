@@ -174,7 +174,7 @@ def build_context(cfg: dict, roles: Roles, ps=None, constants=None) -> RunContex
         L=_maybe_float(c["L"]), mu=_maybe_float(c["mu"]), d=ps.d,
         L_i=None if c["L_i"] is None else [float(v) for v in c["L_i"]],
         smoothness_matrix=c.get("smoothness_matrix"))
-    compressor = get_compressor(cfg["compressor"])
+    compressor = get_compressor(with_layer_shapes(cfg["compressor"], ps))
     run = cfg["run"]
     tau = run["max_staleness"] if run["mode"] == "async" else 0
     bad = [k for k in run["worker_delay"] if k >= n]
@@ -198,6 +198,17 @@ def build_context(cfg: dict, roles: Roles, ps=None, constants=None) -> RunContex
                       streams=streams, x0=ps.x0,
                       has_l1=cfg["problem"].get("l1", 0.0) > 0, tau=tau,
                       shards=shards, uplinks=uplinks, downlinks=downlinks)
+
+
+def with_layer_shapes(comp_cfg: dict, ps) -> dict:
+    """A compressor that takes ``shapes`` (powersgd) and was given none gets the problem's
+    layer matrices, where the problem has them (the config on disk keeps null)."""
+    from .registry import lookup
+
+    params = lookup("compressor", comp_cfg["name"]).params
+    if "shapes" in params and comp_cfg.get("shapes") is None and ps.layer_shapes:
+        return dict(comp_cfg, shapes=ps.layer_shapes)
+    return comp_cfg
 
 
 def load_problem(cfg: dict, roles: Roles, rank: int):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compressors import get_compressor
+from .errors import WireFormatError
 
 #: how an algorithm's exact rounds travel (MARINA's full gradients)
 EXACT = {"name": "identity", "dtype": "float64"}
@@ -132,3 +133,109 @@ def worker_step_sharded(alg, uplinks, ranges, ws, grad, j, seq, rng, outs) -> li
 def decode_message(alg, uplink: Uplink, payload, j: int, seq: int) -> Received:
     """Worker j's ``seq``-th message as the server applies it (decoded when applied)."""
     return Received(uplink, payload, j, seq, alg.full_message(seq))
+
+
+class Rounds:
+    """One rank's side of a multi-round compressor's steps (``codec.rounds`` > 1: powersgd).
+
+    A step is R rounds. In each, every worker sends one message (envelope kind GRAD, the
+    same model version, its next sequence number); after every round but the last the
+    server reduces the n messages, in worker order, into one reply that goes to every
+    worker (kind ROUND), which the workers answer. The last round's reduction is the step's
+    aggregate ``sum_i w_i y_i`` of the workers' decoded messages y_i in factored form: the
+    server applies it (``alg.apply_total``) and sends those same bytes as the model message,
+    and every worker rebuilds the aggregate from them and replays the same update on its
+    own copy of the server state. So the model never travels, every rank computes the same
+    model from the same bytes, and the codec's memory (``state``: powersgd's warm start)
+    is the same everywhere.
+
+    The loops call :meth:`first` (a worker's gradient), :meth:`answer` (a ROUND reply),
+    :meth:`reduce` (the server: an inner round's reply), :meth:`server_apply` (the last
+    round) and :meth:`encode` / :meth:`apply` in place of the downlink's. Only synchronous
+    runs with one server and no checkpoints use it (config validation refuses the rest).
+    """
+
+    def __init__(self, codec, alg, d: int, seed: int, prox):
+        self.codec, self.alg, self.d, self._prox = codec, alg, d, prox
+        self.state = codec.round_state(d, seed)
+        self.round = 0          # of the step under way
+        self.v = None           # a worker: the algorithm's vector of the step under way
+        self.final = None       # the server: its last reduction (the next model message)
+        self.replica = None     # a worker: its copy of the server state
+
+    @property
+    def inner(self) -> bool:
+        """Whether the round whose messages are arriving has a reply before the update."""
+        return self.round < self.codec.rounds - 1
+
+    # -- worker ----------------------------------------------------------------------
+
+    def first(self, ws, grad, out: np.ndarray) -> int:
+        """A worker's first message of a step, for its gradient, into ``out``."""
+        self.v = self.alg.worker_vector(ws, grad)
+        self.round = 0
+        return self._put(self.codec.worker_round(self.state, 0, self.v, None, self.d), out)
+
+    def answer(self, ws, reply, out: np.ndarray) -> int:
+        """A worker's message answering the server's reply; after the last, its memory moves
+        by its own decoded message (raises WireFormatError for a bad reply)."""
+        if self.v is None or not self.inner:
+            raise WireFormatError("a ROUND message when no round was awaited")
+        self.round += 1
+        buf = self.codec.worker_round(self.state, self.round, self.v, reply, self.d)
+        if not self.inner:
+            self.alg.worker_update(ws, self.v, self.codec.worker_decoded(self.state, buf, self.d))
+            self.v = None
+        return self._put(buf, out)
+
+    def apply(self, payload, x: np.ndarray) -> np.ndarray:
+        """A worker's model after the server's model message: the first (header only) is
+        the start x0, every later one the aggregate to replay (raises WireFormatError)."""
+        if self.replica is None:
+            self.codec.read_factors(payload, self.d, 0)
+            self.replica = self.alg.server_init(x)
+            return self.replica.x
+        total = self.codec.final_total(self.state, payload, self.d)
+        self.alg.apply_total(self.replica, total, self._prox)
+        return self.replica.x
+
+    # -- server ----------------------------------------------------------------------
+
+    def reduce(self, batch) -> np.ndarray:
+        """The server's reply to the round of ``batch`` (every worker's message, in worker
+        order). A malformed message raises WireFormatError with its ``worker`` set."""
+        values = []
+        for msg in batch:
+            try:
+                values.append(self.codec.round_values(self.round, msg.payload, self.d))
+            except WireFormatError as exc:
+                exc.worker = msg.worker
+                raise
+        reply = self.codec.server_round(self.state, self.round, values,
+                                        self.alg.weights[[m.worker for m in batch]], self.d)
+        self.round += 1
+        return reply
+
+    def server_apply(self, ss, batch, prox) -> None:
+        """The last round: its reduction is the aggregate; apply it as every worker will."""
+        self.final = self.reduce(batch)
+        self.round = 0
+        self.alg.apply_total(ss, self.codec.final_total(self.state, self.final, self.d), prox)
+
+    def encode(self, x, mirror, rng, out: np.ndarray) -> int:
+        """The model message (the downlink's signature): the last reduction, or at the start
+        no payload (every rank builds x0 itself)."""
+        buf = self.codec.framed(np.zeros(0, np.uint8), self.d) if self.final is None \
+            else self.final
+        return self._put(buf, out)
+
+    @staticmethod
+    def _put(buf, out) -> int:
+        out[:buf.size] = buf
+        return buf.size
+
+
+def rounds_for(ctx):
+    """A fresh :class:`Rounds` for one rank of the run, or None for one-round compressors."""
+    codec = ctx.uplink.compressor
+    return None if codec.rounds == 1 else Rounds(codec, ctx.alg, ctx.d, ctx.cfg["seed"], ctx.prox)

@@ -6,11 +6,12 @@ Little-endian, 32 bytes, then the payload (a compressor's codec buffer)::
     0       4     magic b"PSGD"
     4       1     envelope format version (1)
     5       1     kind: GRAD=1 (worker->server), MODEL=2 (server->worker), STOP=3, BYE=4,
-                  CKPT=5 (server asks a worker to write its checkpoint file), ACK=6 (done);
-                  between servers GATHER=7, SHARD=8, END=9, TALLY=10; GO=11 (server 0
+                  CKPT=5 (server asks a worker to write its checkpoint file), ACK=6 (done),
+                  ROUND=11 (server->worker: a multi-round compressor's reply within a step);
+                  between servers GATHER=7, SHARD=8, END=9, TALLY=10; GO=12 (server 0
                   lets workers compute again after an asynchronous sharded checkpoint)
     6       2     worker index (0-based; the server writes the destination worker, or
-                  BROADCAST = 0xFFFF for a synchronous model sent to every worker)
+                  BROADCAST = 0xFFFF for a synchronous model or ROUND sent to every worker)
     8       8     model version: the server update count the message refers to
                   (GRAD: the version the gradient was computed at; MODEL: the version sent)
     16      8     sequence number of the sender's messages to this peer (detects loss/reorder)
@@ -37,10 +38,14 @@ GRAD, MODEL, STOP, BYE, CKPT, ACK = 1, 2, 3, 4, 5, 6
 # between sharded servers: the coordinator asks for a shard's model (GATHER), gets it
 # (SHARD), ends the run (END, a JSON status), and collects each server's counters (TALLY)
 GATHER, SHARD, END, TALLY = 7, 8, 9, 10
+# within a step of a multi-round compressor (powersgd): the server's reply to a round of
+# the workers' messages, the same bytes to every worker (psgd.steps.Rounds)
+ROUND = 11
 #: server 0 -> worker after an asynchronous sharded checkpoint: compute again (CKPT froze it)
-GO = 11
+GO = 12
 KIND_NAMES = {GRAD: "GRAD", MODEL: "MODEL", STOP: "STOP", BYE: "BYE", CKPT: "CKPT", ACK: "ACK",
-              GATHER: "GATHER", SHARD: "SHARD", END: "END", TALLY: "TALLY", GO: "GO"}
+              GATHER: "GATHER", SHARD: "SHARD", END: "END", TALLY: "TALLY", ROUND: "ROUND",
+              GO: "GO"}
 #: the worker index of a message whose same bytes go to every worker (synchronous models)
 BROADCAST = 0xFFFF
 

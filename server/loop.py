@@ -68,6 +68,9 @@ class Server:
         # the model each worker knows (compressed downlink): one shared mirror when
         # synchronous, since every worker gets the same bytes; one per worker otherwise
         self.mirrors = ctx.downlink.mirrors(ctx.x0, 1 if ctx.alg.synchronous else self.n)
+        # a multi-round compressor's side of each step (None for the others): it applies
+        # the update and writes the model messages in place of the algorithm and downlink
+        self.rounds = steps.rounds_for(ctx)
         self.seq_in = np.zeros(self.n, dtype=np.int64)       # next expected GRAD seq per worker
         self.seq_out = np.zeros(self.n, dtype=np.int64)
         self.queued = {}                                     # worker -> (version, Received)
@@ -95,6 +98,11 @@ class Server:
         self.metrics.log(self, force=resume_step is None)  # a resumed run logged its start already
         status = "max_iterations"
         while self.state.step < iterations:
+            if self.stop_requests and self.rounds is not None:
+                status, self.failure = "failed", (f"stopped by signal {self.stop_requests[0]}; "
+                                                  f"compressor {self.ctx.compressor.name} writes "
+                                                  f"no checkpoints")
+                break
             if self.stop_requests:
                 self._checkpoint()
                 status = "interrupted"
@@ -105,6 +113,9 @@ class Server:
                        self.gate.may_update(self.state.step, len(self.queued)))
             self.timers["wait"] += time.perf_counter() - t0 - self._decode_s
             if self.stop_requests:
+                continue
+            if self.rounds is not None and self.rounds.inner:
+                self._send_round()  # a reply within the step: its answers come next
                 continue
             batch = self._update()
             verdict = self.metrics.check(self)  # the target and divergence, every update
@@ -384,9 +395,11 @@ class Server:
             batch.append(msg)
         self.queued.clear()
         try:  # messages are decoded here, straight into the aggregate, in worker order
-            self.ctx.alg.server_apply(self.state, batch, self.ctx.prox)
+            (self.rounds or self.ctx.alg).server_apply(self.state, batch, self.ctx.prox)
         except WireFormatError as exc:
-            raise RunError(f"bad message from {self.link.name(self._decoding(batch))}: "
+            j = getattr(exc, "worker", None)
+            raise RunError(f"bad message from "
+                           f"{self.link.name(self._decoding(batch) if j is None else j)}: "
                            f"{exc}") from None
         self.timers["apply"] += time.perf_counter() - t0
         return [msg.worker for msg in batch]
@@ -436,7 +449,8 @@ class Server:
         t0 = time.perf_counter()
         buf = self.link.shared_buffer()
         mirror = None if self.mirrors is None else self.mirrors[0]
-        n = self.ctx.downlink.encode(self.state.x, mirror, self.down_rng, buf[wire.HEADER_NBYTES:])
+        n = (self.rounds or self.ctx.downlink).encode(self.state.x, mirror, self.down_rng,
+                                                      buf[wire.HEADER_NBYTES:])
         nbytes = wire.pack_header(buf, wire.MODEL, wire.BROADCAST, self.state.step, seq, n)
         self.broadcast_nbytes = nbytes  # (a range server's checkpoint saves these bytes)
         t1 = time.perf_counter()
@@ -446,6 +460,31 @@ class Server:
             self.link.send_shared(j, nbytes)
             self._count_down(j, nbytes)
             self.counters["payload_down"] += n - CODEC_HEADER_NBYTES
+            self.gate.sent(j, self.state.step, now)
+        self.timers["send"] += time.perf_counter() - t1
+
+    def _send_round(self):
+        """A multi-round compressor's reply to the round every worker has just sent: the
+        same bytes to all (kind ROUND, the step's version), counted as downlink traffic."""
+        t0 = time.perf_counter()
+        batch = [self.queued[j][1] for j in sorted(self.queued)]
+        self.queued.clear()
+        try:
+            reply = self.rounds.reduce(batch)
+        except WireFormatError as exc:
+            raise RunError(f"bad message from {self.link.name(exc.worker)}: {exc}") from None
+        buf = self.link.shared_buffer()
+        buf[wire.HEADER_NBYTES:wire.HEADER_NBYTES + reply.size] = reply
+        seq = int(self.seq_out[0])
+        nbytes = wire.pack_header(buf, wire.ROUND, wire.BROADCAST, self.state.step, seq,
+                                  reply.size)
+        t1 = time.perf_counter()
+        self.timers["apply"] += t1 - t0
+        now = time.monotonic()
+        for j in range(self.n):  # every worker owes one answer to it, on this step's model
+            self.link.send_shared(j, nbytes)
+            self._count_down(j, nbytes)
+            self.counters["payload_down"] += reply.size - CODEC_HEADER_NBYTES
             self.gate.sent(j, self.state.step, now)
         self.timers["send"] += time.perf_counter() - t1
 

@@ -26,7 +26,8 @@ from psgd.errors import WireFormatError
 CI_CASES = 1500
 SEED = 0
 KEYS = [("codecs", name) for name in available()] + [("wire", "wire"), ("libsvm", "libsvm"),
-                                                     ("config", "config")]
+                                                     ("config", "config")] \
+    + [("rounds", name) for name in fuzz.targets.multi_round_compressors()]
 
 #: Known decoder defects: {(target, name): (predicate on a failure record, reason)}. Each is
 #: excluded from test_fuzz_finds_no_failure and gets a strict xfail in test_known_defect_is_gone.
@@ -201,6 +202,31 @@ def test_the_harness_reports_crashes_hangs_exceptions_and_silent_acceptance(tmp_
             tail = bytes.fromhex(f["hex"])[-2:]
             assert tail == (b"\xff\xff" if f["kind"] == "crash" else b"\x80\x80")
     assert not report.ok
+
+
+def test_the_rounds_target_finds_a_lenient_round_reader():
+    """A powersgd whose round reader ignores the codec header and pads or cuts the factors
+    (unregistered) is caught: silent acceptance of changed headers, accepted NaN."""
+    from psgd.compressors.powersgd import PowerSGD
+    from psgd.fuzz.harness import Stats
+
+    class Lenient(PowerSGD):
+        def read_factors(self, buf, d, count):
+            raw = np.frombuffer(bytes(buf), np.uint8)[HEADER_NBYTES:]
+            f = np.frombuffer(raw[:len(raw) // 4 * 4].tobytes(), "<f4").astype(np.float64)
+            return np.resize(f, count) if f.size else np.zeros(count)
+
+    target = fuzz.targets.RoundsTarget("powersgd", SEED)
+    target.comps = [Lenient(**p) for p in target.params]
+    stats = Stats()
+    for i in range(400):
+        target.run_case(i, stats)
+    assert {"silent acceptance", "non-finite output"} <= set(stats.kinds), stats.kinds
+    honest = fuzz.targets.RoundsTarget("powersgd", SEED)
+    stats = Stats()
+    for i in range(400):
+        honest.run_case(i, stats)
+    assert not stats.kinds and stats.c["accepted"] and stats.c["rejected"]
 
 
 def test_command_line_exit_status(tmp_path, capsys):

@@ -17,7 +17,7 @@ from psgd import checkpoint, steps, wire
 from psgd.errors import RunError, WireFormatError
 
 
-SERVER_KINDS = (wire.MODEL, wire.STOP, wire.CKPT)
+SERVER_KINDS = (wire.MODEL, wire.ROUND, wire.STOP, wire.CKPT)
 
 
 def parse_server_message(buf, nbytes, j: int, seq: int, sender: str, kinds=SERVER_KINDS):
@@ -25,7 +25,7 @@ def parse_server_message(buf, nbytes, j: int, seq: int, sender: str, kinds=SERVE
     number ``seq``; anything else is a RunError naming the sender."""
     try:
         header, payload = wire.parse(buf, nbytes, sender=sender)
-        to_me = header.worker == j or (header.kind == wire.MODEL
+        to_me = header.worker == j or (header.kind in (wire.MODEL, wire.ROUND)
                                        and header.worker == wire.BROADCAST)
         if header.kind not in kinds or not to_me \
                 or header.seq != seq:
@@ -49,6 +49,9 @@ class Worker:
         self.delay = float(ctx.cfg["run"]["worker_delay"].get(index, 0.0))
         self.batch_size = ctx.cfg["algorithm"]["batch_size"]
         self.x = ctx.x0.astype(np.float64).copy()  # the model as this worker knows it
+        # a multi-round compressor's side of each step (None for the others)
+        self.rounds = steps.rounds_for(ctx)
+        self.downlink = self.rounds or ctx.downlink
         self.seq_in = 0
         self.seq_out = 0
         self.deadline = self.reply_deadline(ctx.cfg)
@@ -78,13 +81,30 @@ class Worker:
             self._checkpoint(header.version)
             self.link.post_recv()
             return True
+        if header.kind == wire.ROUND:
+            self._answer_round(header.version, payload)
+            return True
         try:
-            self.x = self.ctx.downlink.apply(payload, self.x)
+            self.x = self.downlink.apply(payload, self.x)
         except WireFormatError as exc:
             raise RunError(f"worker {self.j}: bad model message from the server: {exc}") from None
         self.link.post_recv()
         self._send_gradient(header.version)
         return True
+
+    def _answer_round(self, version, payload):
+        """A multi-round compressor's reply within a step: send the next round's message."""
+        if self.rounds is None:
+            raise RunError(f"worker {self.j}: bad message from the server: a ROUND message, "
+                           f"but this run's compressor has one round")
+        self.link.post_recv()
+        buf = self.link.send_buffer()
+        try:
+            n = self.rounds.answer(self.state, payload, buf[wire.HEADER_NBYTES:])
+        except WireFormatError as exc:
+            raise RunError(f"worker {self.j}: bad message from the server: {exc}") from None
+        self.link.send(wire.pack_header(buf, wire.GRAD, self.j, version, self.seq_out, n))
+        self.seq_out += 1
 
     # -- receiving -------------------------------------------------------------------
 
@@ -153,8 +173,11 @@ class Worker:
     def _send_gradient(self, version):
         g = self._gradient(version)
         buf = self.link.send_buffer()
-        n = steps.worker_step(self.ctx.alg, self.ctx.uplink, self.state, g, self.j, self.seq_out,
-                              self.rng, buf[wire.HEADER_NBYTES:])
+        if self.rounds is not None:
+            n = self.rounds.first(self.state, g, buf[wire.HEADER_NBYTES:])
+        else:
+            n = steps.worker_step(self.ctx.alg, self.ctx.uplink, self.state, g, self.j,
+                                  self.seq_out, self.rng, buf[wire.HEADER_NBYTES:])
         self.link.send(wire.pack_header(buf, wire.GRAD, self.j, version, self.seq_out, n))
         self.seq_out += 1
 

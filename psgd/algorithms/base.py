@@ -246,6 +246,18 @@ class Algorithm:
         self.step(ss, direction, prox)
         ss.step += 1
 
+    def apply_total(self, ss, total: np.ndarray, prox) -> None:
+        """One synchronous update from ``total`` = sum_i w_i y_i, the weighted sum of every
+        worker's decoded message, given whole: a multi-round compressor's aggregate, which
+        the server and (replaying it) every worker apply (psgd.steps.Rounds)."""
+        self.step(ss, self.total_direction(ss, total), prox)
+        ss.step += 1
+
+    def total_direction(self, ss, total: np.ndarray) -> np.ndarray:
+        """The synchronous step's direction from the weighted sum of the messages; defined
+        by the algorithms whose step depends on the messages only through it."""
+        raise NotImplementedError(f"{self.name} cannot step from the aggregate of its messages")
+
     def _table_direction(self, ss, batch) -> np.ndarray:
         """Refresh the batch's entries and their weighted sum incrementally (IAG)."""
         table, w = ss.table, self.weights

@@ -49,6 +49,9 @@ class EF(Algorithm):
     def worker_update(self, ws, v, y):
         np.subtract(v, y, out=ws.error)
 
+    def total_direction(self, ss, total):
+        return total  # sync_direction's aggregate, given whole
+
     def step(self, ss, direction, prox):
         # gamma is already inside the messages
         np.subtract(ss.x, direction, out=ss.x)

@@ -61,6 +61,10 @@ class EF21(Algorithm):
             msg.add_to(ss.estimate, self.weights[msg.worker])
         return ss.estimate
 
+    def total_direction(self, ss, total):
+        ss.estimate += total  # g += sum_i w_i C(grad f_i - g_i), given whole
+        return ss.estimate
+
     def entry(self, ss, msg, out):
         # asynchronous: the table's row of worker i is its g_i; the message moves it
         np.copyto(out, ss.table.entries[msg.worker])

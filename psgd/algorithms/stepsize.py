@@ -59,7 +59,9 @@ def contraction(compressor, d):
         omega = compressor.omega(d)
         return omega / (1.0 + omega), 1.0 / (1.0 + omega)
     delta = compressor.delta(d)
-    if not delta < 1.0:
+    # powersgd: no uniform contraction, but made for error feedback (its run checks ask
+    # for a numeric step, since the theory steps need delta < 1)
+    if not delta < 1.0 and not getattr(compressor, "for_error_feedback", False):
         raise ConfigError(f"compressor.name: got {compressor.name!r} with delta = {delta:g}, which "
                           f"is no contraction; allowed for error feedback: a compressor with "
                           f"delta < 1 (e.g. top_k, sign) or an unbiased one")

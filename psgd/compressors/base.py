@@ -54,6 +54,9 @@ class Compressor(ABC):
     #: True when a header-only message (empty payload) is a valid message for every d
     #: (bernoulli's skipped rounds): a message cut to its header then decodes
     header_only_valid: ClassVar[bool] = False
+    #: messages per step each way: 1, or more for a multi-round compressor (powersgd's P then
+    #: Q), which implements the round hooks that psgd.steps.Rounds drives
+    rounds: ClassVar[int] = 1
     #: the largest d that ``decode`` accepts from a header when the caller gives no ``d=``
     max_unchecked_dim: ClassVar[int] = MAX_UNCHECKED_DIM
     #: parameter sets worth exercising, each accepted by ``get_compressor({"name": name, **p})``.
@@ -197,8 +200,17 @@ class Compressor(ABC):
             raise ValueError(f"vector length {x.size} exceeds the wire limit {MAX_DIM}")
         return np.ascontiguousarray(x)
 
-    def _parse(self, buf, expected_d: int | None):
-        """Check the codec header; return (payload view, d)."""
+    def framed(self, payload: np.ndarray, d: int) -> np.ndarray:
+        """A new message: this codec's header for length d, then the uint8 ``payload``
+        (for codecs whose runs send other messages than ``encode``'s: powersgd's rounds)."""
+        out = np.empty(HEADER_NBYTES + payload.size, dtype=np.uint8)
+        _HEADER.pack_into(out, 0, CODEC_MAGIC, CODEC_VERSION, self.codec_id, 0, d)
+        out[HEADER_NBYTES:] = payload
+        return out
+
+    def _parse(self, buf, expected_d: int | None, fixed: bool = True):
+        """Check the codec header; return (payload view, d). ``fixed=False`` skips the
+        payload-length rules (the caller checks the length of its own kind of message)."""
         try:
             raw = np.frombuffer(buf, dtype=np.uint8)
         except (TypeError, ValueError):
@@ -225,6 +237,8 @@ class Compressor(ABC):
             raise WireFormatError(f"{self.name}: message claims d={d}; pass d= to decode vectors "
                                   f"longer than {self.max_unchecked_dim}")
         payload = raw[HEADER_NBYTES:]
+        if not fixed:
+            return payload, d
         fixed = self._payload_nbytes(d)
         if fixed is not None and payload.size != fixed:
             raise WireFormatError(f"{self.name}: payload is {payload.size} bytes, "

@@ -2,6 +2,8 @@
 
 * :class:`CodecTarget`: the encodings of one compressor (every working entry of its
   ``examples``, several lengths and vector kinds);
+* :class:`RoundsTarget`: the round messages of a multi-round compressor (powersgd's P and
+  Q factors, both ways), read as the server and the workers read them;
 * :class:`WireTarget`: message envelopes (:mod:`psgd.wire`);
 * :class:`LibsvmTarget`: LIBSVM lines read by :func:`psgd.data.read_libsvm`, judged
   against :func:`reference_libsvm`, a slow line-by-line reading of the documented grammar.
@@ -30,7 +32,7 @@ from .mutations import (
 if TYPE_CHECKING:  # a type only: the harness imports this module
     from .harness import Stats
 
-TARGETS = ("codecs", "wire", "libsvm", "config")
+TARGETS = ("codecs", "rounds", "wire", "libsvm", "config")
 #: vector lengths of the valid encodings that get mutated
 DIMS = (0, 1, 7, 64, 1000)
 OTHER_KEY = 12345
@@ -413,6 +415,97 @@ class CodecTarget:
         if y.size <= 2**20 and not np.isfinite(y).all():
             return [("non-finite output", f"decode {mode} returned NaN or Inf")]
         return []
+
+
+# -- the rounds of multi-round compressors -----------------------------------------------------
+
+class RoundsTarget(CodecTarget):
+    """A multi-round compressor's round messages (``rounds`` > 1: powersgd), mutated with the
+    codec target's operations. The pool holds, for every parameter set and d, a step's four
+    messages (a worker's round-0 and round-1 message, the server's reply and its last
+    message); each case reads its message as the receiver does (``round_values`` of its
+    round; the last round's also through ``final_total``): WireFormatError, or finite float64
+    values of the length that round has, and never a changed codec header accepted."""
+
+    target = "rounds"
+
+    def _add(self, p, c, d, kind, x, key, gen):
+        try:
+            state = c.round_state(d, 0)
+            up0 = c.worker_round(state, 0, x, None, d)
+            reply = c.server_round(state, 0, [c.round_values(0, up0, d)], [1.0], d)
+            up1 = c.worker_round(state, 1, x, reply, d)
+            final = c.server_round(state, 1, [c.round_values(1, up1, d)], [1.0], d)
+            c.final_total(state, final, d)
+        except Exception as exc:  # noqa: BLE001 - a valid step must work
+            self.setup_failures.append(self._fail_record(
+                -1, "setup", "round failed", f"{self._label(p)} d={d} {kind}: "
+                f"{type(exc).__name__}: {exc}", b""))
+            return
+        for t, role, buf in ((0, "worker", up0), (0, "server", reply), (1, "worker", up1),
+                             (1, "server", final)):
+            self.pool.append({"p": p, "d": d, "key": None, "buf": buf.tobytes(), "kind": kind,
+                              "round": t, "role": role, "p_hat": state.p_hat.copy()})
+
+    def setup_checks(self) -> list[dict]:
+        return list(self.setup_failures)  # (round messages are always read with d=)
+
+    def run_case(self, i: int, stats: Stats) -> None:
+        from ..errors import WireFormatError
+
+        case = self.make_case(i)
+        e, data = case["entry"], case["data"]
+        c, d, t = self.comps[e["p"]], e["d"], e["round"]
+        ref = e["buf"][:self.base.HEADER_NBYTES]
+        intact = data[:len(ref)] == ref and len(data) >= len(ref)
+        buf = present_buffer(self.fence, data, case["how"])
+        want = c.p_size(d) if t == 0 else c.q_size(d)
+        problems, outcome = [], "rejected"
+        t0 = time.perf_counter()
+        reads = [("round_values", lambda: c.round_values(t, buf, d), want)]
+        if t == 1:
+            state = c.round_state(d, 0)
+            state.p_hat = e["p_hat"].copy()
+            reads.append(("final_total", lambda: c.final_total(state, buf, d), d))
+        results = []
+        for what, fn, n in reads:
+            try:
+                y = fn()
+                results.append("ok")
+                if not intact:
+                    problems.append(("silent acceptance", f"{what} accepted a changed codec header"))
+                if not isinstance(y, np.ndarray) or y.shape != (n,) or y.dtype != np.float64:
+                    problems.append(("bad output", f"{what} returned {getattr(y, 'shape', y)}, "
+                                                   f"expected ({n},) float64"))
+                elif not np.isfinite(y).all():
+                    problems.append(("non-finite output", f"{what} returned NaN or Inf"))
+            except WireFormatError:
+                results.append("rejected")
+            except Exception as exc:  # noqa: BLE001 - that is the finding
+                results.append("error")
+                problems.append(("exception", f"{what}: {type(exc).__name__}: {exc}"))
+        if len(set(results)) > 1 and "error" not in results:
+            problems.append(("inconsistent", f"round_values {results[0]}, final_total {results[1]}"))
+        ms = (time.perf_counter() - t0) * 1e3
+        if ms > stats.max_ms:
+            stats.max_ms, stats.max_case = ms, i
+        if problems:
+            outcome = "failures"
+            rec = self._fail_record(i, case["op"], problems[0][0],
+                                    "; ".join(f"{k}: {v}" for k, v in problems), data)
+            rec.update(params=self.params[e["p"]], d=d, round=t, role=e["role"],
+                       mutation=case["desc"], placement=case["how"])
+            stats.fail(rec)
+        elif results[0] == "ok":
+            outcome = "accepted"
+        stats.count(case["op"], outcome)
+
+
+def multi_round_compressors() -> list[str]:
+    """The registered compressors with more than one round (what the rounds target covers)."""
+    from ..compressors import compressor_classes
+
+    return sorted(n for n, cls in compressor_classes().items() if cls.rounds > 1)
 
 
 # -- envelope ---------------------------------------------------------------------------------
@@ -855,6 +948,8 @@ class ConfigTarget:
 def make_target(target: str, name: str, seed: int, data_dir=None, workdir=None):
     if target == "codecs":
         return CodecTarget(name, seed)
+    if target == "rounds":
+        return RoundsTarget(name, seed)
     if target == "wire":
         return WireTarget(name, seed)
     if target == "libsvm":

@@ -20,7 +20,9 @@ held-out samples are logged too. The network is non-convex: f*, L and mu are unk
 
 Vector layout: per layer, its weight matrix W (in x out, row-major) then its bias (out);
 ``ProblemSet.layers`` holds each layer's size (W and b together), what a compressor's
-``block_size: layer`` compresses block by block. The initial weights are seeded by the config's
+``block_size: layer`` compresses block by block, and ``ProblemSet.layer_shapes`` each
+layer as the row-major (in + 1) x out matrix [W; b] that W then b is (what powersgd
+approximates). The initial weights are seeded by the config's
 seed: He (relu) or Glorot (tanh) normal, biases zero.
 """
 
@@ -205,4 +207,6 @@ class MLP(Problem):
             global_factory=lambda: MLPObjective(net, Xtr, ytr, l2), reg=L1Reg(0.0),
             x0=net.initial_point(_data._rng(seed, _data.STREAM_INIT)),
             info={"dataset": "digits", "n_samples": int(ytr.size), "n_test": int(yte.size)},
-            kind="mlp", evaluator=evaluate, layers=layer_sizes(shapes))
+            kind="mlp", evaluator=evaluate, layers=layer_sizes(shapes),
+            # W (in x out, row-major) then b (out) is the (in + 1) x out matrix [W; b]
+            layer_shapes=[[i + 1, o] for i, o in shapes])

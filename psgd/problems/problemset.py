@@ -19,11 +19,14 @@ class ProblemSet:
     (f(x) + R(x)), ``initial_point()``, ``describe()``, ``evaluate(x)`` (extra metrics a
     problem logs beside the loss, e.g. ``test_accuracy``; ``{}`` unless it has an
     ``evaluator``). ``layers``: the sizes of the model's parameter groups in vector order
-    (a network's layers; None for a problem without them).
+    (a network's layers; None for a problem without them); ``layer_shapes``: each group as
+    the row-major matrix [m, n] it is (m n = its size), where it is one (what powersgd
+    approximates; None otherwise).
     """
 
     def __init__(self, *, name, params, d, weights, n_samples, local_factory, global_factory,
-                 reg, x0, info, kind, family=None, evaluator=None, layers=None):
+                 reg, x0, info, kind, family=None, evaluator=None, layers=None,
+                 layer_shapes=None):
         self.name = name
         self.params = dict(params)
         self.d = int(d)
@@ -43,6 +46,8 @@ class ProblemSet:
         self._constants = None
         self._evaluator = evaluator
         self.layers = None if layers is None else [int(v) for v in layers]
+        self.layer_shapes = None if layer_shapes is None else [[int(m), int(n)]
+                                                               for m, n in layer_shapes]
 
     def local(self, i: int) -> Objective:
         i = int(i)
