@@ -111,7 +111,10 @@ class Real(Constraint):
             value = float(value.strip())
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float64 (YAML integers are unbounded)
+            raise ValueError from None
         if not math.isfinite(value):
             raise ValueError
         lo_ok = value >= self.lo if self.closed in ("both", "left") else value > self.lo

@@ -116,6 +116,17 @@ def test_huge_stepsize_is_a_config_error(tmp_path, capsys):
             "(0, 1e+12]" in line
 
 
+def test_an_integer_beyond_float64_is_a_config_error(tmp_path, capsys):
+    # found by python -m psgd.fuzz --target all (config case 20855): YAML integers are
+    # unbounded, and float() of this one raised OverflowError, a traceback
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD)
+    huge = "1" * 400
+    line = error_line(capsys, path, "--set", f"algorithm.stepsize={huge}")
+    assert line.startswith("psgd: error: ") and "algorithm.stepsize: got 1111" in line
+    assert "allowed: one of theory or a number in (0, 1e+12]" in line and len(line) < 400
+
+
 def _numeric(constraint):
     """The Int and Real constraints inside ``constraint`` (through Nullable, AnyOf, Mapping)."""
     if isinstance(constraint, (Int, Real)):
