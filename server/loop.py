@@ -563,8 +563,7 @@ class Server:
         self._make_step_dir(k)
         # a worker still computing may not have applied the last model sent to it; CKPT will
         # reuse its send buffer, so keep those bytes
-        last = {j: self.link.send_buffer(j)[:self.sent_nbytes[j]].copy()
-                for j in range(self.n) if self.gate.computing[j]}
+        last = {j: self._last_model(j) for j in range(self.n) if self.gate.computing[j]}
         for j in range(self.n):
             self._send_control(j, wire.CKPT, count=False)
         rounds = {}
@@ -576,17 +575,8 @@ class Server:
         if (self.seq_in != rounds).any():  # (each gradient came before its worker's ACK)
             raise RunError(f"internal error: checkpoint at step {k}: gradients received "
                            f"{self.seq_in.tolist()}, workers' rounds {rounds}")
-        for s in self.peers.peers:
-            self.peers.send(s, wire.CKPT, k, json.dumps({"rounds": rounds}).encode())
         arrays = {**self._state_arrays(), **self._inflight(rounds, last.get)}
-        acked = set()
-
-        def ack(s, header, payload):
-            if header.kind == wire.ACK and header.version == k:
-                acked.add(s)
-
-        self._await_peers(ack, lambda: len(acked) == len(self.peers.peers),
-                          f"the checkpoint files of servers (step {k})")
+        self._ask_ranges(k, {"rounds": rounds}, f"(step {k})")
         self._commit(k, arrays)
         for j in range(self.n):
             self._send_control(j, wire.GO, count=False)
@@ -609,8 +599,13 @@ class Server:
         periodic checkpoint: the others reach k) or all n of step k + 1 (a stop signal after
         models k went out: the others may have applied them and sent models k + 1)."""
         target = k + (1 if self.queued else 0)
+        self._ask_ranges(k, {"step": target}, f"(step {target} of their ranges)")
+
+    def _ask_ranges(self, k, ask: dict, which: str):
+        """Ask every other server for its file of checkpoint k (``ask``: what it waits for
+        first) and wait until each has acknowledged it."""
         for s in self.peers.peers:
-            self.peers.send(s, wire.CKPT, k, json.dumps({"step": target}).encode())
+            self.peers.send(s, wire.CKPT, k, json.dumps(ask).encode())
         acked = set()
 
         def ack(s, header, payload):
@@ -618,7 +613,11 @@ class Server:
                 acked.add(s)
 
         self._await_peers(ack, lambda: len(acked) == len(self.peers.peers),
-                          f"the checkpoint files of servers (step {target} of their ranges)")
+                          f"the checkpoint files of servers {which}")
+
+    def _last_model(self, j) -> np.ndarray:
+        """A copy of the model message last sent to worker j (asynchronous: its own buffer)."""
+        return self.link.send_buffer(j)[:self.sent_nbytes[j]].copy()
 
     def _range_checkpoint_due(self) -> bool:
         if self.checkpoint_ask is None:
@@ -634,10 +633,8 @@ class Server:
         round is in, with the models it sent beyond those rounds (server 0's docstring)."""
         k, step = self.checkpoint_ask
         if not self.ctx.alg.synchronous:
-            arrays = {**self._state_arrays(),
-                      **self._inflight(step, lambda j: self.link.send_buffer(j)[
-                          :self.sent_nbytes[j]].copy())}
-            self._save_range_file(k, arrays)
+            self._save_range_file(k, {**self._state_arrays(),
+                                      **self._inflight(step, self._last_model)})
             return
         if self.state.step != step:
             raise RunError(f"server {self.shard}: asked for checkpoint {k} at step {step} of its "
