@@ -26,11 +26,18 @@ TINY = ["--dims", "10000", "--workers", "2", "--rate", "50mbit,200mbit", "--step
         "--steps", "4"]
 
 
+def _interruptible():
+    """Ctrl-C as in a terminal: a suite started in the background (``pytest &``, nohup) runs
+    with SIGINT ignored, and an ignored SIGINT is inherited across exec, so Python in the
+    benchmark would never raise KeyboardInterrupt. Restore the default in the child."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run(cmd, timeout, cwd):
     """subprocess.run, except that a timeout interrupts the benchmark (SIGINT, as Ctrl-C
     would) so it removes its namespaces, instead of SIGKILL, which would leak them."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=cwd, start_new_session=True)
+                            cwd=cwd, start_new_session=True, preexec_fn=_interruptible)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -160,9 +167,12 @@ def test_failed_run_removes_the_network(tmp_path):
 def test_ctrl_c_removes_the_network(tmp_path):
     proc = subprocess.Popen(BENCH + TINY + ["--methods", "gd", "--out", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, start_new_session=True)
+                            cwd=tmp_path, start_new_session=True, preexec_fn=_interruptible)
     try:
-        prefix = _prefix(proc.stdout.readline())
+        first = proc.stdout.readline()
+        if not first:  # it ended before making the network: show why
+            raise AssertionError(proc.communicate(timeout=60)[1][-2000:])
+        prefix = _prefix(first)
         assert len(_namespaces(prefix)) == 4  # 3 nodes + the bridge's
         time.sleep(3)  # inside the calibration's MPI jobs by now
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
