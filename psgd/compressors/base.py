@@ -54,6 +54,9 @@ class Compressor(ABC):
     #: True when a header-only message (empty payload) is a valid message for every d
     #: (bernoulli's skipped rounds): a message cut to its header then decodes
     header_only_valid: ClassVar[bool] = False
+    #: bytes of every message that are framing, not payload (the metrics' payload_bits
+    #: exclude them): the codec header; a layered code has one per layer
+    header_nbytes: ClassVar[int] = HEADER_NBYTES
     #: the largest d that ``decode`` accepts from a header when the caller gives no ``d=``
     max_unchecked_dim: ClassVar[int] = MAX_UNCHECKED_DIM
     #: parameter sets worth exercising, each accepted by ``get_compressor({"name": name, **p})``.
