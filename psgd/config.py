@@ -90,7 +90,19 @@ def _named_section(kind: str, given, default_name: str | None, path: str | None 
         raise ConfigError(f"{path}.name: missing; allowed: a registered {kind} name "
                           "(see `psgd list`)")
     cls = lookup(kind, name, path)
+    # block_size: layer is decided by the problem (its layer sizes), not by the codec's own
+    # range: the codec's params are checked with a stand-in block size and 'layer' kept
+    layered = kind == "compressor" and "block_size" in cls.params \
+        and given.get("block_size") == "layer"
+    if layered:
+        given["block_size"] = 1
+    elif kind == "compressor" and "block_size" in cls.params \
+            and isinstance(given.get("block_size"), str):
+        raise ConfigError(f"{path}.block_size: got {shown(given['block_size'])}; allowed: an "
+                          f"integer >= 1, null or 'layer' (one block per layer of the model)")
     params = check_params(path, cls.params, given, getattr(cls, "open_params", False))
+    if layered:
+        params["block_size"] = "layer"
     return {"name": name, **params}
 
 
@@ -125,13 +137,16 @@ def _cross_checks(cfg: dict) -> None:
     """Checks that span sections, each with its reason."""
     from .algorithms import get_algorithm_class
     from .problems import dimension
+    from .problems import layers as problem_layers
+    from .shards import check_layer_servers
 
     run = cfg["run"]
     if run["mode"] == "sync" and run["max_staleness"] != 0:
         raise ConfigError(f"run.max_staleness: got {run['max_staleness']}; allowed: 0 when "
                           f"run.mode is sync (set run.mode: async for bounded staleness)")
     d = dimension(cfg["problem"], cfg["data"])
-    uplink = _build_compressor(cfg["compressor"], "compressor")
+    layers = problem_layers(cfg["problem"], cfg["data"])
+    uplink = _build_compressor(cfg["compressor"], "compressor", cfg, layers)
     if hasattr(uplink, "check_run"):  # a compressor's demands on the run (powersgd's rounds)
         uplink.check_run(cfg, d)
         # (where the problem cannot tell d, explicit layer shapes do)
@@ -142,22 +157,29 @@ def _cross_checks(cfg: dict) -> None:
                             run["downlink"])
         run["downlink"] = {"compressor": _named_section("compressor", down["compressor"], None,
                                                         DOWNLINK)}
-        downlink = _build_compressor(run["downlink"]["compressor"], DOWNLINK)
+        downlink = _build_compressor(run["downlink"]["compressor"], DOWNLINK, cfg, layers)
         _check_downlink_contracts(downlink, d)
         _check_message_size(downlink, d, DOWNLINK)
+    check_layer_servers(cfg, layers)
     get_algorithm_class(cfg["algorithm"]["name"]).check_config(cfg)
 
 
-def _build_compressor(section: dict, path: str):
+def _build_compressor(section: dict, path: str, cfg: dict, layers):
     """The compressor as the run builds it, so its own cross-parameter checks run here.
 
     Compressors name their keys ``compressor.*``; for the downlink the message is re-rooted
     at ``path`` so it names the key the user must change.
     """
     from .compressors import get_compressor
+    from .compressors.layered import is_layered
+    from .problems import with_layers
 
+    if is_layered(section) and not layers:
+        raise ConfigError(f"{path}.block_size: got 'layer', but problem "
+                          f"{cfg['problem']['name']} has no layers; allowed: an integer >= 1 or "
+                          f"null ('layer' needs a problem with layers: {', '.join(with_layers())})")
     try:
-        return get_compressor(section)
+        return get_compressor(section, layers)
     except ConfigError as exc:
         text = str(exc)
         if path != "compressor" and text.startswith("compressor"):
@@ -207,7 +229,7 @@ def check_launch(cfg: dict, n_workers: int | None = None) -> None:
         problems.check_workers(cfg["problem"], cfg["data"], n_workers)
         problems.check_build(cfg, n_workers)  # the python factory's objects, at x0
         from .compressors import get_compressor
-        comp = get_compressor(cfg["compressor"])
+        comp = get_compressor(cfg["compressor"], problems.layers(cfg["problem"], cfg["data"]))
         if hasattr(comp, "check_workers"):        # perm_k: its n must be the worker count
             comp.check_workers(n_workers)
         bad = [k for k in cfg["run"]["worker_delay"] if k >= n_workers]

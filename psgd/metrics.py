@@ -3,7 +3,8 @@
 Bits are counted by the server from the buffers that actually crossed MPI, headers
 included: ``bits_up`` every byte received from workers, ``bits_down`` every byte sent
 to them; ``payload_bits_up`` / ``payload_bits_down`` count only the compressors' payloads
-(without the 32-byte envelope and the 8-byte codec header). ``epoch`` is the number of
+(without the 32-byte envelope and the 8-byte codec header, one per layer for
+``block_size: layer``, with its length prefixes). ``epoch`` is the number of
 samples the applied gradients were computed on, over the dataset size (for problems
 without samples, full passes over every worker's f_i). ``rel_subopt`` is
 (f - f*)/(f(x0) - f*) and ``dist2`` is ||x - x*||^2/||x0 - x*||^2, where f* and x* are known.

@@ -67,9 +67,9 @@ class Downlink:
     for an unbiased C so that the worker's copy converges to the server's model.
     """
 
-    def __init__(self, run_cfg: dict, d: int, cfg: dict | None = None):
+    def __init__(self, run_cfg: dict, d: int, cfg: dict | None = None, layers=None):
         cfg = cfg or (run_cfg["downlink"] or {}).get("compressor") or EXACT_DOWNLINK
-        self.compressor = get_compressor(cfg)
+        self.compressor = get_compressor(cfg, layers)  # layers: for block_size: layer
         self.exact = cfg["name"] == "identity" and cfg.get("dtype", "float64") == "float64"
         self.scale = 1.0
         if not self.exact and self.compressor.unbiased:
@@ -174,7 +174,7 @@ def build_context(cfg: dict, roles: Roles, ps=None, constants=None) -> RunContex
         L=_maybe_float(c["L"]), mu=_maybe_float(c["mu"]), d=ps.d,
         L_i=None if c["L_i"] is None else [float(v) for v in c["L_i"]],
         smoothness_matrix=c.get("smoothness_matrix"))
-    compressor = get_compressor(with_layer_shapes(cfg["compressor"], ps))
+    compressor = get_compressor(with_layer_shapes(cfg["compressor"], ps), ps.layers)
     run = cfg["run"]
     tau = run["max_staleness"] if run["mode"] == "async" else 0
     bad = [k for k in run["worker_delay"] if k >= n]
@@ -182,17 +182,18 @@ def build_context(cfg: dict, roles: Roles, ps=None, constants=None) -> RunContex
         raise ConfigError(f"run.worker_delay: worker index {bad[0]} does not exist; allowed: "
                           f"0..{n - 1} ({n} workers)")
     n_servers = len(roles.servers)
+    down_cfg = (run["downlink"] or {}).get("compressor") or EXACT_DOWNLINK
     if n_servers == 1:
         shards, parts = [sharding.Shard(0, 0, ps.d)], [compressor]
         rules = compressor
     else:
-        shards, parts = sharding.split(cfg["compressor"], ps.d, n_servers)
+        shards, parts = sharding.split(cfg["compressor"], ps.d, n_servers, ps.layers, down_cfg)
         rules = sharding.ShardedCompressor(parts, shards)
     alg = algorithms.build(cfg, rules, consts, ps.weights, tau)
     streams = Streams(cfg["seed"], n, n_servers)
     uplinks = [Uplink(c, alg, streams, sh.d, sh.index) for c, sh in zip(parts, shards)]
-    down_cfg = (run["downlink"] or {}).get("compressor") or EXACT_DOWNLINK
-    downlinks = [Downlink(run, sh.d, sharding.shard_config(down_cfg, sh, ps.d)) for sh in shards]
+    downlinks = [Downlink(run, sh.d, sharding.shard_config(down_cfg, sh, ps.d),
+                          sharding.shard_layers(ps.layers, sh)) for sh in shards]
     return RunContext(cfg=cfg, ps=ps, roles=roles, compressor=compressor,
                       uplink=uplinks[0], downlink=downlinks[0], consts=consts, alg=alg,
                       streams=streams, x0=ps.x0,

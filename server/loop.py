@@ -20,7 +20,6 @@ import numpy as np
 
 from psgd import checkpoint, steps, wire
 from psgd.comm import Backoff
-from psgd.compressors.base import HEADER_NBYTES as CODEC_HEADER_NBYTES
 from psgd.errors import RunError, WireFormatError
 from psgd.metrics import peak_rss_mb
 from psgd.server.ssp import StalenessGate
@@ -353,7 +352,8 @@ class Server:
         except WireFormatError as exc:
             raise RunError(f"bad message from {self.link.name(j)}: {exc}") from None
         self.seq_in[j] += 1
-        self.counters["payload_up"] += max(payload.size - CODEC_HEADER_NBYTES, 0)
+        framing = self.ctx.uplink.codec(msg.full).header_nbytes
+        self.counters["payload_up"] += max(payload.size - framing, 0)
         self.queued[j] = (header.version, msg)
         self.gate.arrived(j)
         self.link.post_recv(j)
@@ -436,7 +436,7 @@ class Server:
         nbytes = wire.pack_header(buf, wire.MODEL, j, self.state.step, self.seq_out[j], n)
         self._send(j, nbytes)
         self.sent_nbytes[j] = nbytes  # (an asynchronous sharded checkpoint may send it again)
-        self.counters["payload_down"] += n - CODEC_HEADER_NBYTES
+        self.counters["payload_down"] += n - self.ctx.downlink.compressor.header_nbytes
         self.gate.sent(j, self.state.step, time.monotonic())
         self.timers["send"] += time.perf_counter() - t1
 
@@ -459,7 +459,7 @@ class Server:
         for j in workers:
             self.link.send_shared(j, nbytes)
             self._count_down(j, nbytes)
-            self.counters["payload_down"] += n - CODEC_HEADER_NBYTES
+            self.counters["payload_down"] += n - self.ctx.downlink.compressor.header_nbytes
             self.gate.sent(j, self.state.step, now)
         self.timers["send"] += time.perf_counter() - t1
 
@@ -484,7 +484,7 @@ class Server:
         for j in range(self.n):  # every worker owes one answer to it, on this step's model
             self.link.send_shared(j, nbytes)
             self._count_down(j, nbytes)
-            self.counters["payload_down"] += reply.size - CODEC_HEADER_NBYTES
+            self.counters["payload_down"] += reply.size - self.ctx.compressor.header_nbytes
             self.gate.sent(j, self.state.step, now)
         self.timers["send"] += time.perf_counter() - t1
 

@@ -31,10 +31,15 @@ def step_size(cfg_alg, consts, theory, tau: int):
     return gamma, rule
 
 
-def require_unbiased(cfg):
+def _compressor(cfg):
     from ..compressors import get_compressor
+    from ..problems import layers
 
-    comp = get_compressor(cfg["compressor"])
+    return get_compressor(cfg["compressor"], layers(cfg["problem"], cfg["data"]))
+
+
+def require_unbiased(cfg):
+    comp = _compressor(cfg)
     if not comp.unbiased:
         raise ConfigError(f"compressor.name: got {comp.name!r}, which is biased; allowed for "
                           f"{cfg['algorithm']['name']}: an unbiased compressor "
@@ -44,9 +49,7 @@ def require_unbiased(cfg):
 def require_contraction(cfg):
     """At validation time d is unknown; a compressor that is no contraction at d = 1024
     (rounding: delta = 1 for every d) is refused here with the same message as at run time."""
-    from ..compressors import get_compressor
-
-    contraction(get_compressor(cfg["compressor"]), 1024)
+    contraction(_compressor(cfg), 1024)
 
 
 def contraction(compressor, d):

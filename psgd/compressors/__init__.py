@@ -9,23 +9,35 @@ import importlib
 import pkgutil
 
 from ..registry import classes, lookup, names
+from ..errors import ConfigError
 from .base import Compressor
+from .layered import Layered, is_layered
 
 __all__ = ["Compressor", "get_compressor", "available"]
 
 #: modules of this package that define no compressor
-_NOT_COMPRESSORS = {"base"}
+_NOT_COMPRESSORS = {"base", "layered"}
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _NOT_COMPRESSORS and not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def get_compressor(config) -> Compressor:
-    """Build a compressor from ``{"name": ..., **params}`` (the mapping is not modified)."""
+def get_compressor(config, layers=None) -> Compressor:
+    """Build a compressor from ``{"name": ..., **params}`` (the mapping is not modified).
+
+    ``block_size: layer`` needs ``layers``, the problem's layer sizes (``ProblemSet.layers``):
+    the result is then a :class:`~psgd.compressors.layered.Layered` with one block per layer.
+    """
     if isinstance(config, str):
         config = {"name": config}
     config = dict(config)
+    if is_layered(config):
+        if not layers:
+            raise ConfigError("compressor.block_size: got 'layer', but this problem has no "
+                              "layers; allowed: an integer >= 1 or null ('layer' needs a "
+                              "problem with layers: mlp, cnn)")
+        return Layered(config, layers, get_compressor)
     cls = lookup("compressor", config.pop("name", None))
     return cls(**config)
 

@@ -57,6 +57,9 @@ class Compressor(ABC):
     #: messages per step each way: 1, or more for a multi-round compressor (powersgd's P then
     #: Q), which implements the round hooks that psgd.steps.Rounds drives
     rounds: ClassVar[int] = 1
+    #: bytes of every message that are framing, not payload (the metrics' payload_bits
+    #: exclude them): the codec header; a layered code has one per layer
+    header_nbytes: ClassVar[int] = HEADER_NBYTES
     #: the largest d that ``decode`` accepts from a header when the caller gives no ``d=``
     max_unchecked_dim: ClassVar[int] = MAX_UNCHECKED_DIM
     #: parameter sets worth exercising, each accepted by ``get_compressor({"name": name, **p})``.

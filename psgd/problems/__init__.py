@@ -37,7 +37,7 @@ user's own factory), :mod:`.mlp` (``mlp``: a NumPy network on ``data.source: dig
 """
 
 from .builders import (Problem, check_build, check_config, check_problem_config, check_workers,
-                       dimension, make_problem, uses_data)
+                       dimension, layers, make_problem, uses_data, with_layers)
 from .constants import constants
 from .objectives import DENSE_MAX, Objective
 from .problemset import ProblemSet
@@ -53,5 +53,5 @@ __all__ = ["DENSE_MAX", "L1Reg", "LeastSquares", "LeastSquaresObjective", "Logis
            "LogisticObjective", "Objective", "Problem", "ProblemSet", "Quadratic",
            "QuadraticObjective", "Rosenbrock", "RosenbrockObjective", "MLP", "PythonProblem", "check_build",
            "check_config",
-           "check_problem_config", "check_workers", "constants", "dimension", "make_problem",
-           "quadratic_spectrum", "solve", "uses_data"]
+           "check_problem_config", "check_workers", "constants", "dimension", "layers", "make_problem",
+           "quadratic_spectrum", "solve", "uses_data", "with_layers"]

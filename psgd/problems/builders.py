@@ -55,6 +55,13 @@ class Problem:
         return None
 
     @classmethod
+    def layers(cls, params: dict, data_cfg: dict) -> list | None:
+        """The sizes of the model's layers in vector order when the config decides them (what
+        ``block_size: layer`` compresses block by block), None for a problem without layers.
+        ``build`` must give ``ProblemSet.layers`` the same list."""
+        return None
+
+    @classmethod
     def build(cls, params, data_cfg, seed, n_workers, workers=None) -> ProblemSet:
         raise NotImplementedError  # pragma: no cover - every family defines it
 
@@ -99,6 +106,19 @@ def check_build(cfg: dict, n_workers: int) -> None:
 def dimension(problem_cfg: dict, data_cfg: dict) -> int | None:
     """d when the config decides it (synthetic data, quadratic, rosenbrock), else None."""
     return _family(problem_cfg).dimension(_params(problem_cfg), data_cfg)
+
+
+def layers(problem_cfg: dict, data_cfg: dict) -> list | None:
+    """The problem's layer sizes (mlp, cnn), None when it has none."""
+    return _family(problem_cfg).layers(_params(problem_cfg), data_cfg)
+
+
+def with_layers() -> list:
+    """Names of the problems that have layers (``block_size: layer`` applies to them)."""
+    from ..registry import classes
+
+    return sorted(name for name, cls in classes("problem").items()
+                  if cls.layers.__func__ is not Problem.layers.__func__)
 
 
 def uses_data(problem_cfg: dict) -> bool:

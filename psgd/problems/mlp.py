@@ -181,8 +181,12 @@ class MLP(Problem):
     }
 
     @classmethod
+    def layers(cls, params, data_cfg):
+        return layer_sizes(layer_shapes(N_FEATURES, params["hidden"], N_CLASSES))
+
+    @classmethod
     def dimension(cls, params, data_cfg):
-        return sum(layer_sizes(layer_shapes(N_FEATURES, params["hidden"], N_CLASSES)))
+        return sum(cls.layers(params, data_cfg))
 
     @classmethod
     def build(cls, params, data_cfg, seed, n_workers, workers=None):
