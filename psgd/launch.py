@@ -21,7 +21,7 @@ import traceback
 
 import numpy as np
 
-from . import checkpoint, config, metrics, problems, startup
+from . import checkpoint, config, metrics, problems, startup, supervise
 from .errors import ConfigError, DataFormatError, PsgdError, RunError
 from .rundir import RunDir
 from .runtime import RunContext, build_context, load_problem
@@ -53,12 +53,16 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False,
     timeout = cfg["run"]["timeout_s"] if cfg else config.RUN_SPEC["timeout_s"].default
     watchdog = None
     if "mpi4py.MPI" not in sys.modules:  # (a caller that imported MPI has initialised it)
+        if supervise.supported():  # from here on this process is the rank, its parent waits
+            supervise.start(int(startup.rank_from_env()), cfg["run"]["servers"] if cfg else 1,
+                            cfg["output"]["dir"] if cfg else None)
         watchdog = startup.Watchdog(startup.deadline_s(startup.rank_from_env(), timeout),
-                                    timeout, on_fire=remove_own_shm)
+                                    timeout, on_fire=_said_why_and_remove_shm)
     from mpi4py import MPI  # MPI_Init: waits for every rank of the job
 
     if watchdog is not None:
         watchdog.cancel()
+    supervise.tell_segments()  # MPI_Init has made them: the parent removes them if we die
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     if size < 2:
@@ -185,6 +189,7 @@ def _abort(comm, line: str) -> None:
     """Say why on one line, remove this job's shared memory, and end every rank."""
     print(line, file=sys.stderr, flush=True)
     sys.stderr.flush()
+    supervise.said_why()
     remove_own_shm()
     time.sleep(0.5)  # let mpiexec forward that line before Abort tears the job down
     comm.Abort(EXIT_FAILED)
@@ -210,11 +215,21 @@ def own_shm_segments(pid="self") -> list:
 
 
 def remove_own_shm(pid="self") -> None:
-    for name in own_shm_segments(pid):
+    remove_segments(own_shm_segments(pid))
+
+
+def remove_segments(names) -> None:
+    for name in names:
         try:
             os.unlink(name)
         except OSError:
             pass  # another rank of this node removed it first
+
+
+def _said_why_and_remove_shm(pid) -> None:
+    """The start-up watchdog's last act before it kills its rank (``pid``)."""
+    supervise.said_why()
+    remove_own_shm(pid)
 
 
 def _agree_resume_step(comm, ctx, rank):
