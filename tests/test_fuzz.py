@@ -27,7 +27,8 @@ CI_CASES = 1500
 SEED = 0
 KEYS = [("codecs", name) for name in available()] + [("wire", "wire"), ("libsvm", "libsvm"),
                                                      ("config", "config")] \
-    + [("rounds", name) for name in fuzz.targets.multi_round_compressors()]
+    + [("rounds", name) for name in fuzz.targets.multi_round_compressors()] \
+    + [("layered", name) for name in fuzz.targets.layered_compressors()]
 
 #: Known decoder defects: {(target, name): (predicate on a failure record, reason)}. Each is
 #: excluded from test_fuzz_finds_no_failure and gets a strict xfail in test_known_defect_is_gone.
@@ -225,6 +226,40 @@ def test_the_rounds_target_finds_a_lenient_round_reader():
     honest = fuzz.targets.RoundsTarget("powersgd", SEED)
     stats = Stats()
     for i in range(400):
+        honest.run_case(i, stats)
+    assert not stats.kinds and stats.c["accepted"] and stats.c["rejected"]
+
+
+def test_the_layered_target_finds_a_reader_that_trusts_its_lengths():
+    """A block_size: layer reader that takes each layer's length prefix on trust (no check
+    that the prefix itself or the piece it claims is inside the message) is caught."""
+    import struct as _struct
+
+    from psgd.compressors.layered import Layered
+    from psgd.fuzz.harness import Stats
+
+    class Trusting(Layered):
+        def _pieces(self, buf):
+            raw, out, at = np.frombuffer(buf, dtype=np.uint8), [], 0
+            for codec, fixed in zip(self.codecs, self.fixed):
+                n = fixed
+                if n is None:
+                    (n,) = _struct.unpack_from("<I", raw, at)
+                    at += 4
+                out.append(raw[at:at + n])
+                at += n
+            return out
+
+    target = fuzz.targets.LayeredTarget("random_dithering", SEED)
+    target.comps = [Trusting({"name": "random_dithering", **p, "block_size": "layer"},
+                             fuzz.targets.LAYERS, get_compressor) for p in target.params]
+    stats = Stats()
+    for i in range(600):
+        target.run_case(i, stats)
+    assert "exception" in stats.kinds, stats.kinds
+    honest = fuzz.targets.LayeredTarget("random_dithering", SEED)
+    stats = Stats()
+    for i in range(600):
         honest.run_case(i, stats)
     assert not stats.kinds and stats.c["accepted"] and stats.c["rejected"]
 

@@ -1,7 +1,8 @@
-"""Fuzz the wire decoders (every compressor), the message envelope, the LIBSVM reader and the
+"""Fuzz the wire decoders (every compressor; powersgd's round messages; ``block_size: layer``
+messages), the message envelope, the LIBSVM reader and the
 config loader (:mod:`psgd.config_fuzz`'s YAML mutations).
 
-``python -m psgd.fuzz [--target codecs|wire|libsvm|config|all] [--cases N] [--compressors a,b]
+``python -m psgd.fuzz [--target codecs|rounds|layered|wire|libsvm|config|all] [--cases N] [--compressors a,b]
 [--seed S] [--timeout-per-case SECONDS] [--jobs J] [--json PATH]``
 
 Every case is a deterministic function of ``(seed, target, name, case index)``: a valid input

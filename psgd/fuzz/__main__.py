@@ -22,7 +22,7 @@ def main(argv=None) -> int:
         return child_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m psgd.fuzz",
                                 description=_package_doc().split("\n\n")[0])
-    p.add_argument("--target", default="all", help="codecs, rounds, wire, libsvm, config or all (comma-separated)")
+    p.add_argument("--target", default="all", help="codecs, rounds, layered, wire, libsvm, config or all (comma-separated)")
     p.add_argument("--cases", type=int, default=1000, help="cases per compressor (codecs) / per target")
     p.add_argument("--compressors", default=None, help="comma-separated subset (default: every registered one)")
     p.add_argument("--seed", type=int, default=0)

@@ -21,7 +21,8 @@ import traceback
 import numpy as np
 
 from .mutations import hexdump
-from .targets import TARGETS, find_data_dir, make_target, multi_round_compressors
+from .targets import (TARGETS, find_data_dir, layered_compressors, make_target,
+                      multi_round_compressors)
 
 #: cases per child task (a target's cases are split so that children share the work)
 CHUNK = 20000
@@ -289,6 +290,9 @@ def _tasks(targets, cases, compressors, seed, data_dir):
         elif t == "rounds":  # one per multi-round compressor (of the subset, if given)
             comp = [c for c in multi_round_compressors() if not compressors or c in compressors]
             names += [("rounds", c) for c in comp]
+        elif t == "layered":  # one per compressor with a block_size (of the subset, if given)
+            comp = [c for c in layered_compressors() if not compressors or c in compressors]
+            names += [("layered", c) for c in comp]
         else:
             names.append((t, t))
     names.sort(key=lambda tn: (0 if tn[1] in _SLOW_FIRST else 1, _SLOW_FIRST.index(tn[1])

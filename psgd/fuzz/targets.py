@@ -32,7 +32,7 @@ from .mutations import (
 if TYPE_CHECKING:  # a type only: the harness imports this module
     from .harness import Stats
 
-TARGETS = ("codecs", "rounds", "wire", "libsvm", "config")
+TARGETS = ("codecs", "rounds", "layered", "wire", "libsvm", "config")
 #: vector lengths of the valid encodings that get mutated
 DIMS = (0, 1, 7, 64, 1000)
 OTHER_KEY = 12345
@@ -85,15 +85,21 @@ class CodecTarget:
     """Valid encodings of one compressor (every working parameter set, d in DIMS), mutated."""
 
     target = "codecs"
+    dims = DIMS
+
+    def _build(self, params):
+        from ..compressors import get_compressor
+
+        return get_compressor({"name": self.name, **params})
 
     def __init__(self, name: str, seed: int):
-        from ..compressors import compressor_classes, get_compressor
+        from ..compressors import compressor_classes
         from ..compressors import base
 
         self.base = base
         self.name, self.seed = name, int(seed)
-        self.params, self.notes = compressor_param_sets(name)
-        self.comps = [get_compressor({"name": name, **p}) for p in self.params]
+        self.params, self.notes = self._param_sets(name)
+        self.comps = [self._build(p) for p in self.params]
         self.shared = any(c.shared_randomness for c in self.comps)
         self.codec_ids = sorted({cls.codec_id for cls in compressor_classes().values()})
         self.pool = []
@@ -101,7 +107,7 @@ class CodecTarget:
         gen = np.random.default_rng([self.seed, salt("pool", name)])
         for p, c in enumerate(self.comps):
             keys = [FIXED_KEY, None] if c.shared_randomness else [None]
-            for d in DIMS:
+            for d in self.dims:
                 kinds = ["gauss"] + list(gen.choice(VECTOR_KINDS[1:], size=2, replace=False))
                 for kind in (kinds[:1] if d == 0 else kinds):
                     x = valid_vector(kind, d, gen)
@@ -112,6 +118,10 @@ class CodecTarget:
                                                          "no parameter set works: " + "; ".join(self.notes), b""))
         self.max_len = max((len(e["buf"]) for e in self.pool), default=64)
         self.fence = Fence(4 * self.max_len + 4096)
+
+    @staticmethod
+    def _param_sets(name):
+        return compressor_param_sets(name)
 
     def _add(self, p, c, d, kind, x, key, gen):
         try:
@@ -506,6 +516,102 @@ def multi_round_compressors() -> list[str]:
     from ..compressors import compressor_classes
 
     return sorted(n for n, cls in compressor_classes().items() if cls.rounds > 1)
+
+
+# -- block_size: layer ------------------------------------------------------------------------
+
+#: the layer sizes of the layered target's messages: one coordinate, odd and block-like sizes
+LAYERS = (7, 64, 1, 30)
+
+
+class LayeredTarget(CodecTarget):
+    """``block_size: layer`` messages (the layers' codec messages one after another, with a
+    uint32 length before each variable-length one) of one compressor, mutated with the codec
+    target's operations. Each case decodes as the receiver does (with d, and decode_add into
+    a model): WireFormatError, or finite float64 values of the layers' total length, the same
+    answer from both. A message whose framing is bad (a length, a layer's header) is rejected
+    before anything is written; one whose content is bad in a later layer (a code the layer's
+    codec refuses) may have written the layers before it, counted as ``partial_writes`` as
+    the codec target counts them (a rejected message ends the run, so the model is not used)."""
+
+    target = "layered"
+    dims = (sum(LAYERS),)  # (a layered code's d is its layers')
+
+    @staticmethod
+    def _param_sets(name):
+        """The codec's sets with their block size replaced by 'layer' (duplicates dropped)."""
+        from ..compressors import get_compressor
+        from ..errors import ConfigError
+
+        good, notes = compressor_param_sets(name)
+        out = []
+        for p in good:
+            rest = {k: v for k, v in p.items() if k != "block_size"}
+            if rest in out:
+                continue
+            try:  # some codecs refuse some layer sizes (spherical: large blocks)
+                get_compressor({"name": name, **rest, "block_size": "layer"}, LAYERS)
+                out.append(rest)
+            except ConfigError as exc:
+                notes.append(f"{name} {rest} per layer {LAYERS}: skipped ({exc})")
+        return out, notes
+
+    def _build(self, params):
+        from ..compressors import get_compressor
+
+        return get_compressor({"name": self.name, **params, "block_size": "layer"}, LAYERS)
+
+    def setup_checks(self) -> list[dict]:
+        return list(self.setup_failures)  # (d is the layers', never taken from a header)
+
+    def run_case(self, i: int, stats: Stats) -> None:
+        from ..errors import WireFormatError
+
+        case = self.make_case(i)
+        e, data = case["entry"], case["data"]
+        c, d = self.comps[e["p"]], e["d"]
+        buf = present_buffer(self.fence, data, case["how"])
+        out = np.full(d, 0.25)
+        before = out.copy()
+        problems, results = [], []
+        t0 = time.perf_counter()
+        for what, fn in (("decode", lambda: c.decode(buf, key=case["key"], d=d)),
+                         ("decode_add", lambda: c.decode_add(buf, out, case["weight"],
+                                                             key=case["key"]))):
+            try:
+                y = fn()
+                results.append("ok")
+                if what == "decode":
+                    problems += self._check_output(y, d, "with d")
+            except WireFormatError:
+                results.append("rejected")
+            except Exception as exc:  # noqa: BLE001 - that is the finding
+                results.append("error")
+                problems.append(("exception", f"{what}: {type(exc).__name__}: {exc}"))
+        ms = (time.perf_counter() - t0) * 1e3
+        if ms > stats.max_ms:
+            stats.max_ms, stats.max_case = ms, i
+        if "error" not in results and results[0] != results[1]:
+            problems.append(("inconsistent", f"decode {results[0]}, decode_add {results[1]}"))
+        if results[1] == "rejected" and not np.array_equal(out, before):
+            stats.c["partial_writes"] += 1
+        if problems:
+            rec = self._fail_record(i, case["op"], problems[0][0],
+                                    "; ".join(f"{k}: {v}" for k, v in problems), data)
+            rec.update(params=self.params[e["p"]], d=d, key=case["key"], mutation=case["desc"],
+                       placement=case["how"])
+            stats.fail(rec)
+            outcome = "failures"
+        else:
+            outcome = "accepted" if results[0] == "ok" else "rejected"
+        stats.count(case["op"], outcome)
+
+
+def layered_compressors() -> list[str]:
+    """The registered compressors with a ``block_size`` (what the layered target covers)."""
+    from ..compressors import compressor_classes
+
+    return sorted(n for n, cls in compressor_classes().items() if "block_size" in cls.params)
 
 
 # -- envelope ---------------------------------------------------------------------------------
@@ -950,6 +1056,8 @@ def make_target(target: str, name: str, seed: int, data_dir=None, workdir=None):
         return CodecTarget(name, seed)
     if target == "rounds":
         return RoundsTarget(name, seed)
+    if target == "layered":
+        return LayeredTarget(name, seed)
     if target == "wire":
         return WireTarget(name, seed)
     if target == "libsvm":
