@@ -40,7 +40,12 @@ def _param_lines(spec: dict) -> list[str]:
     for key, c in spec.items():
         default = "required" if c.required else f"default {c.default!r}"
         doc = f"{c.doc}; " if c.doc else ""
-        lines.append(f"      {key:<{width}}  {doc}allowed: {c.describe()}; {default}")
+        allowed = c.describe()
+        if key == "block_size":  # 'layer' is the problem's to decide (config._named_section)
+            from .problems import with_layers
+
+            allowed += f", or 'layer' (one block per layer of {' or '.join(with_layers())})"
+        lines.append(f"      {key:<{width}}  {doc}allowed: {allowed}; {default}")
     return lines
 
 
