@@ -399,8 +399,9 @@ def _run_server(comm, ctx: RunContext, resume_step, received: list, path: str) -
           f"down {metrics.fmt_bits(summary['bits_down_total'])}; staleness max {summary['staleness_max']}; "
           f"wrote {out_dir}/summary.json", flush=True)
     if status == "failed":
-        print(f"psgd: error: the run failed: {server.failure}; try a smaller algorithm.stepsize "
-              f"(it was {h.gamma:.6g})", file=sys.stderr, flush=True)
+        hint = (f"; try a smaller algorithm.stepsize (it was {h.gamma:.6g})"
+                if server.metrics.diverged_at is not None else "")  # (not for a stop signal)
+        print(f"psgd: error: the run failed: {server.failure}{hint}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     return EXIT_OK
 

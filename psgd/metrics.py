@@ -70,6 +70,8 @@ class Metrics:
         self.dist0 = None if ctx.x_star is None else squared_distance(x0, ctx.x_star)
         #: a loss above this counts as divergence
         self.loss_bound = self.f0 + DIVERGED * (abs(self.f0) + 1.0)
+        #: the step at which the run diverged (a failure a smaller step size may cure), or None
+        self.diverged_at = None
         self.target = ctx.cfg["run"]["target"]
         self.extra_keys = []  # the problem's own metrics, as evaluate last found them
         #: the first update at which run.target held: step, time and bits then
@@ -162,6 +164,7 @@ class Metrics:
         return not np.isfinite(loss) or loss > self.loss_bound
 
     def _divergence(self, loss, step):
+        self.diverged_at = step
         return (f"the loss is {loss:.3g} at step {step}, above f(x0) + {DIVERGED:g} (|f(x0)| + 1) "
                 f"= {self.loss_bound:.3g}")
 

@@ -227,3 +227,41 @@ def test_powersgd_ef_trains_the_mlp_under_mpiexec_with_exact_bits(run_psgd):
     assert s["bits_down_total"] == 8 * n_w * (2 * K * (WIRE_HEADER + CODEC_HEADER)
                                               + 4 * (K * p + (K - 1) * q) + WIRE_HEADER)
     assert s["messages_up"] == n_w * (2 * K + 1) and s["messages_down"] == n_w * (2 * K + 1)
+
+
+@pytest.mark.mpi
+def test_a_stopped_powersgd_run_says_why_without_a_step_size_hint(tmp_path):
+    """SIGTERM (SLURM's warning) stops a powersgd run, which writes no checkpoints: one line
+    says so, and it does not end with the divergence advice to shrink the step size."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from psgd import mpiexec
+
+    cfg = mlp_cfg()
+    cfg["run"] = dict(cfg["run"], iterations=10**6, log_every=10)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([mpiexec.path(), "-n", "3", sys.executable, "-m", "psgd", "run",
+                             str(tmp_path / "cfg.yaml"), "--out", str(out)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "metrics.jsonl").exists() or (out / "metrics.jsonl").stat().st_size < 300:
+            assert time.monotonic() < deadline and proc.poll() is None, "the run did not start"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = [line for line in err.splitlines() if line.startswith("psgd:")]
+    assert proc.returncode == 1 and len(lines) == 1, err
+    assert "stopped by signal 15" in lines[0] and "writes no checkpoints" in lines[0], lines[0]
+    assert "stepsize" not in lines[0], lines[0]
