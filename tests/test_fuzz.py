@@ -278,10 +278,13 @@ def test_command_line_exit_status(tmp_path, capsys):
         assert exc.value.code == 2
 
 
-def test_replay_reruns_one_case(capsys):
-    assert fuzz.replay("codecs:sign:17", SEED) == 0
+@pytest.mark.parametrize("spec", ["codecs:sign:17", "rounds:powersgd:5",
+                                  "layered:random_dithering:99999"])
+def test_replay_reruns_one_case(capsys, spec):
+    assert fuzz.replay(spec, SEED) == 0
+    target, name, case = spec.split(":")
     text = capsys.readouterr().out
-    assert "codecs/sign seed 0 case 17" in text and "input (" in text
+    assert f"{target}/{name} seed 0 case {case}" in text and "input (" in text
 
 
 def test_libsvm_reference_agrees_on_examples():

@@ -479,10 +479,14 @@ def _case_of(child, serial):
 
 # -- replay / command line --------------------------------------------------------------------------
 
+#: the targets with one task per compressor (TARGET:COMPRESSOR:CASE)
+PER_COMPRESSOR = ("codecs", "rounds", "layered")
+
+
 def replay(spec: str, seed: int, data_dir=None) -> int:
     """Re-run one case (``TARGET:NAME:CASE``) here, printing the input and every outcome."""
     target, name, case = spec.split(":")
-    if target != "codecs":
+    if target not in PER_COMPRESSOR:  # (the others have one name: the target's)
         name = target
     case = int(case)
     tgt = make_target(target, name, seed, find_data_dir(data_dir))
@@ -493,7 +497,7 @@ def replay(spec: str, seed: int, data_dir=None) -> int:
     tgt.run_case(case, stats)
     for f in stats.failures:
         print(f"FAILURE {f['kind']}: {f['detail']}")
-    if target == "codecs":
+    if target in PER_COMPRESSOR:
         e = c["entry"]
         comp = tgt.comps[e["p"]]
         print(f"compressor {comp!r}, d={e['d']}, key={c['key']}, valid buffer: {hexdump(e['buf'], 200)}")
