@@ -206,7 +206,7 @@ def split(m: int, test_fraction: float, seed: int):
 
 @register("problem")
 class MLP(Problem):
-    """A fully connected softmax network on the digits images (NumPy; f* unknown)."""
+    """A fully connected softmax network on digits or MNIST-1D (NumPy; f* unknown)."""
 
     name = "mlp"
     uses_data = True
