@@ -61,7 +61,7 @@ def geometry(spatial, channels, kernel: int, pool: int):
         if min(spatial) < kernel:
             raise ConfigError(f"problem.kernel: got {kernel}; allowed: at most {min(spatial)} "
                               f"(a convolutional layer's input is {'x'.join(map(str, spatial))};"
-                              " fewer channels layers or a smaller kernel)")
+                              " use fewer convolutional layers or a smaller kernel)")
         conv = tuple(s - kernel + 1 for s in spatial)
         if min(conv) < pool:
             raise ConfigError(f"problem.pool: got {pool}; allowed: at most {min(conv)} (the "

@@ -8,8 +8,9 @@ Config::
 Data: scikit-learn's bundled digits (1797 8x8 images, pixel values scaled to [0, 1], 10
 classes; no download), or ``data: {source: mnist1d}`` (5000 MNIST-1D signals of length 40,
 generated offline by the mnist1d package; see :func:`psgd.data.mnist1d`). The input layer
-has as many units as a sample has values (64 or 40). A seeded split (the config's seed) holds out ``test_fraction`` of the
-samples; the training samples are split over the workers by ``data.partition``.
+has as many units as a sample has values (64 or 40). A seeded split (the config's seed)
+holds out ``test_fraction`` of the samples; the training samples are split over the workers
+by ``data.partition``.
 
 Model: layer widths ``[n_in, *hidden, 10]``; hidden layers apply ``activation`` (relu or
 tanh), the last is linear and feeds the softmax. ``f_i`` is the mean cross-entropy over
