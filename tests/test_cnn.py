@@ -87,6 +87,24 @@ def test_cnn_layers_split_and_metrics():
     assert not np.array_equal(ps.initial_point(), build(problem, "digits", 4, 4).initial_point())
 
 
+@pytest.mark.parametrize("comp", [
+    {"name": "random_dithering", "levels": 1, "norm": "2", "block_size": "layer"},
+    {"name": "powersgd", "rank": 2}])
+def test_cnn_layers_feed_the_layer_compressors(comp):
+    """block_size: layer cuts the cnn's vector at its layers; powersgd gets its layer matrices
+    (what a run does, psgd.runtime), so a gradient goes through either and keeps its size."""
+    from psgd import runtime
+    from psgd.compressors import get_compressor
+
+    ps = build({"name": "cnn"}, "digits", n=2)
+    raw = config.validate({"problem": {"name": "cnn"}, "data": {"source": "digits"},
+                           "algorithm": {"name": "ef", "stepsize": 0.1}, "compressor": comp})
+    c = get_compressor(runtime.with_layer_shapes(raw["compressor"], ps), ps.layers)
+    _, grad = ps.local(0).value_and_grad(ps.initial_point())
+    out = c.decode(c.encode(grad, np.random.default_rng(0)), d=ps.d)
+    assert out.shape == (ps.d,) and np.all(np.isfinite(out)) and np.any(out)
+
+
 @pytest.mark.parametrize("change,message", [
     ({"channels": []}, "problem.channels: got []"),
     ({"channels": [0]}, "problem.channels: got [0]"),
