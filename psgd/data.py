@@ -2,8 +2,10 @@
 
 Config section ``data`` (see :data:`DATA_SPEC`, checked by :func:`check_data_config`)::
 
-    source:     synthetic | libsvm | digits     (default synthetic; digits: scikit-learn's bundled
-                                                 8x8 digit images, for the networks)
+    source:     synthetic | libsvm | digits | mnist1d
+                (default synthetic; digits: scikit-learn's bundled 8x8 digit images; mnist1d:
+                 the MNIST-1D signals, generated offline by the mnist1d package; both for the
+                 networks)
     path:       LIBSVM file (see :func:`resolve_path`; .bz2/.gz/.xz read as such; libsvm only)
     n_features: libsvm: null = the largest index in the file; synthetic: default 50
     n_samples:  synthetic only, default 1000
@@ -15,7 +17,9 @@ The LIBSVM reader is :mod:`psgd.libsvm` (its names are re-exported here).
 
 from __future__ import annotations
 
+import functools
 import os
+import random
 
 import numpy as np
 
@@ -31,9 +35,10 @@ SYNTHETIC_N_FEATURES = 50
 SYNTHETIC_LABEL_FLIP = 0.1
 
 DATA_SPEC = {
-    "source": Choice("synthetic", "libsvm", "digits", default="synthetic",
+    "source": Choice("synthetic", "libsvm", "digits", "mnist1d", default="synthetic",
                      doc="where samples come from (digits: scikit-learn's bundled 8x8 images, "
-                         "1797 samples, 10 classes)"),
+                         "1797 samples, 10 classes; mnist1d: 5000 generated 1-D signals of "
+                         "length 40, 10 classes, pip install mnist1d)"),
     "path": Nullable(Str(), doc="LIBSVM file (libsvm only): absolute or ./relative as given, "
                                 "a bare name in $PSGD_DATA; .bz2/.gz/.xz decompressed"),
     "n_features": Nullable(Int(1, MAX_FEATURES),
@@ -47,6 +52,12 @@ DATA_SPEC = {
 }
 
 _SYNTHETIC_ONLY = ("n_samples", "noise")
+
+#: the fixed data sets for the networks: source -> (samples, the shape of one sample)
+BUNDLED = {"digits": (1797, (8, 8)), "mnist1d": (5000, (40,))}
+#: the generation seed of data.source mnist1d: the package's own default, so the samples are
+#: the published MNIST-1D set (the config's seed still draws the split and the partition)
+MNIST1D_SEED = 42
 
 
 def check_data_config(cfg) -> dict:
@@ -64,12 +75,13 @@ def check_data_config(cfg) -> dict:
             if out[key] is not None:
                 raise ConfigError(f"data.{key}: got {shown(out[key])}; allowed: null "
                                   f"(data.{key} is only for data.source synthetic)")
-    elif out["source"] == "digits":
+    elif out["source"] in BUNDLED:
+        m, shape = BUNDLED[out["source"]]
         for key in ("path", "n_features", *_SYNTHETIC_ONLY):
             if out[key] is not None:
                 raise ConfigError(f"data.{key}: got {shown(out[key])}; allowed: null "
-                                  f"(data.source digits is a fixed data set: 1797 samples, "
-                                  f"64 features)")
+                                  f"(data.source {out['source']} is a fixed data set: {m} "
+                                  f"samples, {int(np.prod(shape))} features)")
     else:
         if out["path"] is not None:
             raise ConfigError(f"data.path: got {shown(out['path'])}; allowed: null "
@@ -189,6 +201,43 @@ def digits():
                           "allowed: pip install scikit-learn, or another data.source") from None
     bunch = load_digits()
     return np.asarray(bunch.data, dtype=np.float64) / 16.0, np.asarray(bunch.target, np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def mnist1d():
+    """MNIST-1D: ``(X, y)``, X (5000, 40) float64 (standardised by the package), y int64 0..9.
+
+    Generated procedurally by the ``mnist1d`` package's ``make_dataset`` with its default
+    arguments and generation seed :data:`MNIST1D_SEED` (never its ``get_dataset``, which
+    downloads); the package's train/test halves are pooled, the networks split them with the
+    config's seed. Cached per process (generating takes about 2 s). Without the package:
+    ConfigError. The arrays are read-only.
+    """
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise ConfigError("data.source: got 'mnist1d', which needs the mnist1d package (not "
+                          "installed); allowed: pip install mnist1d, or another data.source") \
+            from None
+    args = get_dataset_args()
+    args.seed = MNIST1D_SEED
+    # make_dataset seeds the global random and numpy.random streams: restore them, so loading
+    # the data does not change what any other code draws from them
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        ds = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    X = np.ascontiguousarray(np.concatenate([ds["x"], ds["x_test"]]), dtype=np.float64)
+    y = np.concatenate([ds["y"], ds["y_test"]]).astype(np.int64)
+    X.flags.writeable = y.flags.writeable = False
+    return X, y
+
+
+def bundled(source: str):
+    """``(X, y)`` of a fixed data set (:data:`BUNDLED`): X (m, features) flat, y int64 0..9."""
+    return {"digits": digits, "mnist1d": mnist1d}[source]()
 
 
 # -- partitions -------------------------------------------------------------------------------

@@ -51,6 +51,9 @@ RUN_ELSEWHERE = {
     "mpiexec -n 5 psgd run configs/mlp_digits.yaml":
         "test_workloads.py::test_diana_ternary_matches_sgd_accuracy_at_over_10x_fewer_uplink_bits "
         "(this config, DIANA and SGD; marked slow)",
+    "mpiexec -n 5 psgd run configs/cnn_digits.yaml":
+        "test_cnn.py::test_cnn_digits_config_diana_ternary_matches_sgd_at_over_30x_fewer_uplink_"
+        "bits (this config, DIANA and SGD; under -m full)",
     "psgd reproduce diana-table3": "test_reproduce.py (its --quick form)",
     "psgd reproduce diana-fig5": "test_reproduce.py (its --quick form)",
     "psgd reproduce albasyoni": "test_reproduce.py (its --quick form)",

@@ -32,7 +32,8 @@ Modules: :mod:`.objectives` (the Objective interface), :mod:`.regulariser` (L1 a
 :mod:`.solvers` (reference solvers, :func:`solve`), :mod:`.constants`, and one module per
 family, each registered with ``@register("problem")``: :mod:`.glm` (``logistic``,
 ``least_squares``), :mod:`.quadratic`, :mod:`.rosenbrock`, :mod:`.plugin` (``python``: the
-user's own factory), :mod:`.mlp` (``mlp``: a NumPy network on ``data.source: digits``).
+user's own factory), :mod:`.mlp` (``mlp``: a NumPy network on ``data.source: digits`` or ``mnist1d``), :mod:`.cnn`
+(``cnn``: a NumPy convolutional network on the same data).
 ``quadratic`` and ``rosenbrock`` ignore the ``data`` section (a ``libsvm`` source is an error).
 """
 
@@ -48,10 +49,11 @@ from .quadratic import Quadratic, QuadraticObjective, quadratic_spectrum  # regi
 from .rosenbrock import Rosenbrock, RosenbrockObjective  # registers
 from .plugin import PythonProblem  # registers
 from .mlp import MLP  # registers
+from .cnn import CNN  # registers
 
 __all__ = ["DENSE_MAX", "L1Reg", "LeastSquares", "LeastSquaresObjective", "Logistic",
            "LogisticObjective", "Objective", "Problem", "ProblemSet", "Quadratic",
-           "QuadraticObjective", "Rosenbrock", "RosenbrockObjective", "MLP", "PythonProblem", "check_build",
+           "QuadraticObjective", "Rosenbrock", "RosenbrockObjective", "MLP", "CNN", "PythonProblem", "check_build",
            "check_config",
            "check_problem_config", "check_workers", "constants", "dimension", "layers", "make_problem",
            "quadratic_spectrum", "solve", "uses_data", "with_layers"]

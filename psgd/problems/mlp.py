@@ -6,10 +6,13 @@ Config::
     data:    {source: digits}
 
 Data: scikit-learn's bundled digits (1797 8x8 images, pixel values scaled to [0, 1], 10
-classes; no download). A seeded split (the config's seed) holds out ``test_fraction`` of the
-samples; the training samples are split over the workers by ``data.partition``.
+classes; no download), or ``data: {source: mnist1d}`` (5000 MNIST-1D signals of length 40,
+generated offline by the mnist1d package; see :func:`psgd.data.mnist1d`). The input layer
+has as many units as a sample has values (64 or 40). A seeded split (the config's seed)
+holds out ``test_fraction`` of the samples; the training samples are split over the workers
+by ``data.partition``.
 
-Model: layer widths ``[64, *hidden, 10]``; hidden layers apply ``activation`` (relu or
+Model: layer widths ``[n_in, *hidden, 10]``; hidden layers apply ``activation`` (relu or
 tanh), the last is linear and feeds the softmax. ``f_i`` is the mean cross-entropy over
 worker i's training samples plus ``(l2 / 2) ||x||^2`` (every parameter), weighted m_i / m as
 for the linear models, so the logged ``loss`` is the training loss over every training sample.
@@ -39,7 +42,11 @@ from .problemset import ProblemSet
 from .regulariser import L1Reg
 
 N_CLASSES = 10
-N_FEATURES = 64  # digits: 8x8 pixels
+
+
+def n_features(data_cfg) -> int:
+    """The input size of a network on ``data.source`` (digits 64 pixels, mnist1d 40 values)."""
+    return int(np.prod(_data.BUNDLED[data_cfg["source"]][1]))
 
 
 def layer_shapes(n_in: int, hidden, n_out: int) -> list:
@@ -50,6 +57,43 @@ def layer_shapes(n_in: int, hidden, n_out: int) -> list:
 
 def layer_sizes(shapes) -> list:
     return [i * o + o for i, o in shapes]
+
+
+def activate(z, activation: str):
+    return np.maximum(z, 0.0) if activation == "relu" else np.tanh(z)
+
+
+def activate_grad(z, h, activation: str):
+    """The activation's derivative at z (h = activate(z) already computed)."""
+    return (z > 0).astype(z.dtype) if activation == "relu" else 1.0 - h * h
+
+
+def log_softmax(logits):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def cross_entropy(logits, y) -> float:
+    """Mean cross-entropy of the rows of ``logits`` against the labels ``y``."""
+    return float(-log_softmax(logits)[np.arange(y.size), y].mean())
+
+
+def cross_entropy_grad(logits, y):
+    """(mean cross-entropy, its gradient with respect to ``logits``)."""
+    logp = log_softmax(logits)
+    rows = np.arange(y.size)
+    loss = float(-logp[rows, y].mean())
+    dz = np.exp(logp)
+    dz[rows, y] -= 1.0
+    dz /= y.size
+    return loss, dz
+
+
+def init_weights(W, activation: str, rng) -> None:
+    """He (relu) or Glorot (tanh) normal weights into the fan_in x fan_out matrix ``W``."""
+    fan_in, fan_out = W.shape
+    var = 2.0 / fan_in if activation == "relu" else 2.0 / (fan_in + fan_out)
+    W[:] = rng.standard_normal(W.shape) * np.sqrt(var)
 
 
 class Network:
@@ -71,11 +115,10 @@ class Network:
         return out
 
     def _act(self, z):
-        return np.maximum(z, 0.0) if self.activation == "relu" else np.tanh(z)
+        return activate(z, self.activation)
 
     def _act_grad(self, z, h):
-        """The activation's derivative at z (h = act(z) already computed)."""
-        return (z > 0).astype(z.dtype) if self.activation == "relu" else 1.0 - h * h
+        return activate_grad(z, h, self.activation)
 
     def forward(self, x, X):
         """(logits, [(z, h)] of the hidden layers)."""
@@ -88,26 +131,16 @@ class Network:
         W, b = params[-1]
         return h @ W + b, hidden
 
-    @staticmethod
-    def _log_softmax(logits):
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    _log_softmax = staticmethod(log_softmax)
 
     def loss(self, x, X, y) -> float:
         """Mean cross-entropy of (X, y)."""
         logits, _ = self.forward(x, X)
-        return float(-self._log_softmax(logits)[np.arange(y.size), y].mean())
+        return cross_entropy(logits, y)
 
-    def loss_and_grad(self, x, X, y):
-        """(mean cross-entropy, its gradient as a flat vector)."""
-        logits, hidden = self.forward(x, X)
-        logp = self._log_softmax(logits)
-        rows = np.arange(y.size)
-        loss = float(-logp[rows, y].mean())
-        dz = np.exp(logp)
-        dz[rows, y] -= 1.0
-        dz /= y.size
-        grad = np.empty(self.d)
+    def backward(self, x, X, hidden, dz, grad, input_grad=False):
+        """Fill ``grad`` (flat, this network's d) from ``dz`` = dloss/dlogits of ``forward``'s
+        pass on X; with ``input_grad`` return dloss/dX too (for a layer below the network)."""
         params, gparams = self.unpack(x), self.unpack(grad)
         inputs = [X] + [h for _, h in hidden]
         for layer in range(len(params) - 1, -1, -1):
@@ -118,6 +151,16 @@ class Network:
             if layer:
                 z, h = hidden[layer - 1]
                 dz = (dz @ W.T) * self._act_grad(z, h)
+            elif input_grad:
+                return dz @ W.T
+        return None
+
+    def loss_and_grad(self, x, X, y):
+        """(mean cross-entropy, its gradient as a flat vector)."""
+        logits, hidden = self.forward(x, X)
+        loss, dz = cross_entropy_grad(logits, y)
+        grad = np.empty(self.d)
+        self.backward(x, X, hidden, dz, grad)
         return loss, grad
 
     def accuracy(self, x, X, y) -> float:
@@ -127,9 +170,7 @@ class Network:
     def initial_point(self, rng) -> np.ndarray:
         x = np.zeros(self.d)
         for W, _ in self.unpack(x):
-            fan_in, fan_out = W.shape
-            var = 2.0 / fan_in if self.activation == "relu" else 2.0 / (fan_in + fan_out)
-            W[:] = rng.standard_normal(W.shape) * np.sqrt(var)
+            init_weights(W, self.activation, rng)
         return x
 
 
@@ -166,11 +207,11 @@ def split(m: int, test_fraction: float, seed: int):
 
 @register("problem")
 class MLP(Problem):
-    """A fully connected softmax network on the digits images (NumPy; f* unknown)."""
+    """A fully connected softmax network on digits or MNIST-1D (NumPy; f* unknown)."""
 
     name = "mlp"
     uses_data = True
-    sources = ("digits",)
+    sources = ("digits", "mnist1d")
     params = {
         "hidden": List(Int(1, 4096), 0, 8, default=[64],
                        doc="widths of the hidden layers ([] is multinomial logistic regression)"),
@@ -182,7 +223,7 @@ class MLP(Problem):
 
     @classmethod
     def layers(cls, params, data_cfg):
-        return layer_sizes(layer_shapes(N_FEATURES, params["hidden"], N_CLASSES))
+        return layer_sizes(layer_shapes(n_features(data_cfg), params["hidden"], N_CLASSES))
 
     @classmethod
     def dimension(cls, params, data_cfg):
@@ -190,27 +231,36 @@ class MLP(Problem):
 
     @classmethod
     def build(cls, params, data_cfg, seed, n_workers, workers=None):
-        X, y = _data.digits()
-        train, test = split(y.size, params["test_fraction"], seed)
-        Xtr, ytr, Xte, yte = X[train], y[train], X[test], y[test]
-        shards = _data.partition(ytr.size, n_workers, data_cfg["partition"], seed)
+        X, y = _data.bundled(data_cfg["source"])
         shapes = layer_shapes(X.shape[1], params["hidden"], N_CLASSES)
         net = Network(shapes, params["activation"])
-        l2 = params["l2"]
+        return network_problem(cls.name, params, data_cfg, seed, n_workers, net, X, y,
+                               layers=layer_sizes(shapes),
+                               # W (in x out, row-major) then b (out) is the (in + 1) x out
+                               # matrix [W; b]
+                               layer_shapes=[[i + 1, o] for i, o in shapes])
 
-        def evaluate(x):
-            with np.errstate(over="ignore", invalid="ignore"):
-                return {"test_loss": net.loss(x, Xte, yte),
-                        "test_accuracy": net.accuracy(x, Xte, yte)}
 
-        return ProblemSet(
-            name=cls.name, params=params, d=net.d,
-            weights=np.array([s.size for s in shards], dtype=np.float64) / ytr.size,
-            n_samples=int(ytr.size),
-            local_factory=lambda i: MLPObjective(net, Xtr[shards[i]], ytr[shards[i]], l2),
-            global_factory=lambda: MLPObjective(net, Xtr, ytr, l2), reg=L1Reg(0.0),
-            x0=net.initial_point(_data._rng(seed, _data.STREAM_INIT)),
-            info={"dataset": "digits", "n_samples": int(ytr.size), "n_test": int(yte.size)},
-            kind="mlp", evaluator=evaluate, layers=layer_sizes(shapes),
-            # W (in x out, row-major) then b (out) is the (in + 1) x out matrix [W; b]
-            layer_shapes=[[i + 1, o] for i, o in shapes])
+def network_problem(name, params, data_cfg, seed, n_workers, net, X, y, layers, layer_shapes):
+    """The ProblemSet of a network ``net`` (loss_and_grad, loss, accuracy, initial_point, d)
+    on the samples (X, y): the seeded split, the partition, the l2 term and the test metrics."""
+    train, test = split(y.size, params["test_fraction"], seed)
+    Xtr, ytr, Xte, yte = X[train], y[train], X[test], y[test]
+    shards = _data.partition(ytr.size, n_workers, data_cfg["partition"], seed)
+    l2 = params["l2"]
+
+    def evaluate(x):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return {"test_loss": net.loss(x, Xte, yte),
+                    "test_accuracy": net.accuracy(x, Xte, yte)}
+
+    return ProblemSet(
+        name=name, params=params, d=net.d,
+        weights=np.array([s.size for s in shards], dtype=np.float64) / ytr.size,
+        n_samples=int(ytr.size),
+        local_factory=lambda i: MLPObjective(net, Xtr[shards[i]], ytr[shards[i]], l2),
+        global_factory=lambda: MLPObjective(net, Xtr, ytr, l2), reg=L1Reg(0.0),
+        x0=net.initial_point(_data._rng(seed, _data.STREAM_INIT)),
+        info={"dataset": data_cfg["source"], "n_samples": int(ytr.size),
+              "n_test": int(yte.size)},
+        kind=name, evaluator=evaluate, layers=layers, layer_shapes=layer_shapes)
