@@ -60,6 +60,14 @@ def finish(proc, timeout=120):
     return proc.returncode, out, err
 
 
+def _logged_steps(out) -> int:
+    """How many whole records metrics.jsonl holds now (0 before it exists)."""
+    try:
+        return (out / "metrics.jsonl").read_text().count("\n")
+    except FileNotFoundError:
+        return 0
+
+
 def summary(out):
     return json.loads((out / "summary.json").read_text())
 
@@ -133,7 +141,9 @@ def test_sigterm_checkpoints_within_5s_exits_3_and_resume_completes(tmp_path, se
     proc = start(tmp_path, out, "--set", "run.iterations=100000", "--set", "run.checkpoint_every=100000",
                  delay=0.002, servers=servers, mode=mode)
     deadline = time.monotonic() + 60
-    while not (out / "metrics.jsonl").exists() or (out / "metrics.jsonl").stat().st_size < 200:
+    # mid-run: a step after the first was logged (the step-0 record is written before any
+    # gradient has arrived, so a stop right after it would checkpoint step 0)
+    while _logged_steps(out) < 2:
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
     t0 = time.monotonic()

@@ -62,7 +62,9 @@ def test_identity_runs_give_the_same_model_for_one_two_and_three_servers(run_psg
         # messages are all the same size: the count grows in proportion to the step)
         recs = [json.loads(line) for line in open(res.out / "metrics.jsonl")]
         per_step = recs[-1]["bits_up"] / recs[-1]["step"]
-        assert [r["bits_up"] for r in recs] == [r["step"] * per_step for r in recs]
+        # (from step 1: at the step-0 record another server may already have counted a
+        # gradient that arrived for step 1, as seen once on a loaded machine)
+        assert [r["bits_up"] for r in recs[1:]] == [r["step"] * per_step for r in recs[1:]]
         if s > 1:  # bits are counted per range and in total
             rows = summary["shards"]
             assert [r["lo"] for r in rows] == [sh.lo for sh in shards.bounds(30, s)]
