@@ -88,6 +88,37 @@ def data_dir_optional():
 
 
 @pytest.fixture
+def network_gradient_check():
+    """``check(ps, rng, directions)``: a network problem's (mlp, cnn) gradient against central
+    differences at a point off the initial one (biases nonzero), along ``directions`` random
+    directions and at the first and last coordinate of every layer (its first weight and its
+    last bias). Returns (f, x, grad) of the last worker's objective."""
+    import numpy as np
+
+    def check(ps, rng, directions):
+        f = ps.local(ps.n_workers - 1)
+        x = ps.initial_point() + 0.1 * rng.standard_normal(ps.d)
+        _, grad = f.value_and_grad(x)
+        assert grad.shape == (ps.d,) and ps.d == sum(ps.layers)
+        h = 1e-6
+        for _ in range(directions):
+            v = rng.standard_normal(ps.d)
+            fd = (f.value(x + h * v) - f.value(x - h * v)) / (2 * h)
+            assert fd == pytest.approx(grad @ v, rel=1e-5, abs=1e-7)
+        at = 0
+        for size in ps.layers:
+            for i in (at, at + size - 1):
+                e = np.zeros(ps.d)
+                e[i] = h
+                assert (f.value(x + e) - f.value(x - e)) / (2 * h) == \
+                    pytest.approx(grad[i], abs=1e-6)
+            at += size
+        return f, x, grad
+
+    return check
+
+
+@pytest.fixture
 def tmpfs(tmp_path):
     """``mount(size)``: a fresh tmpfs of ``size`` (e.g. "2m") under tmp_path, a real disk that
     can be filled (needs root and mount; skips otherwise); unmounted after the test."""

@@ -25,27 +25,16 @@ def build(problem, source, n=3, seed=0):
     return problems.make_problem(cfg["problem"], cfg["data"], seed, n)
 
 
-def check_gradient(ps, rng):
-    f = ps.local(ps.n_workers - 1)
-    x = ps.initial_point() + 0.1 * rng.standard_normal(ps.d)  # off the init: biases nonzero
-    _, grad = f.value_and_grad(x)
-    assert grad.shape == (ps.d,) and ps.d == sum(ps.layers)
-    assert [m * n - n for m, n in ps.layer_shapes] == [s - n for s, (_, n) in
-                                                       zip(ps.layers, ps.layer_shapes)]
-    h = 1e-6
-    for _ in range(4):
-        v = rng.standard_normal(ps.d)
-        fd = (f.value(x + h * v) - f.value(x - h * v)) / (2 * h)
-        assert fd == pytest.approx(grad @ v, rel=1e-5, abs=1e-7)
-    # the first and last coordinate of every layer: its first weight and its last bias
-    at = 0
-    for size in ps.layers:
-        for i in (at, at + size - 1):
-            e = np.zeros(ps.d)
-            e[i] = h
-            assert (f.value(x + e) - f.value(x - e)) / (2 * h) == pytest.approx(grad[i], abs=1e-6)
-        at += size
-    return f, x, grad
+@pytest.fixture
+def check_gradient(network_gradient_check):
+    """The shared finite-difference check (4 directions), and [W; b] of each layer_shapes row
+    has the layer's size."""
+    def check(ps, rng):
+        assert [m * n - n for m, n in ps.layer_shapes] == [s - n for s, (_, n) in
+                                                           zip(ps.layers, ps.layer_shapes)]
+        return network_gradient_check(ps, rng, directions=4)
+
+    return check
 
 
 CASES = [({"channels": [4], "kernel": 3, "pool": 2, "hidden": [6], "activation": "tanh"}),
@@ -53,7 +42,7 @@ CASES = [({"channels": [4], "kernel": 3, "pool": 2, "hidden": [6], "activation":
 
 
 @pytest.mark.parametrize("params", CASES)
-def test_cnn_gradient_matches_finite_differences_on_images(params):
+def test_cnn_gradient_matches_finite_differences_on_images(params, check_gradient):
     ps = build({"name": "cnn", "l2": 1e-2, **params}, "digits")
     rng = np.random.default_rng(1)
     f, x, grad = check_gradient(ps, rng)
@@ -64,7 +53,7 @@ def test_cnn_gradient_matches_finite_differences_on_images(params):
 
 @needs_mnist1d
 @pytest.mark.parametrize("params", CASES)
-def test_cnn_gradient_matches_finite_differences_on_signals(params):
+def test_cnn_gradient_matches_finite_differences_on_signals(params, check_gradient):
     ps = build({"name": "cnn", "l2": 1e-2, **{**params, "kernel": 5}}, "mnist1d")
     check_gradient(ps, np.random.default_rng(2))
 
@@ -151,7 +140,7 @@ def test_mnist1d_is_generated_seeded_and_leaves_global_rngs_alone():
 
 
 @needs_mnist1d
-def test_mlp_takes_its_input_size_from_the_data_source():
+def test_mlp_takes_its_input_size_from_the_data_source(check_gradient):
     ps = build({"name": "mlp", "hidden": [16]}, "mnist1d")
     assert ps.layer_shapes == [[41, 16], [17, 10]] and ps.describe()["n_test"] == 1000
     check_gradient(ps, np.random.default_rng(3))

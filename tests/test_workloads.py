@@ -44,29 +44,13 @@ def mlp_cfg(**alg):
 
 
 @pytest.mark.parametrize("hidden,activation", [([], "relu"), ([16], "relu"), ([8, 5], "tanh")])
-def test_mlp_gradient_matches_finite_differences(hidden, activation):
+def test_mlp_gradient_matches_finite_differences(hidden, activation, network_gradient_check):
     cfg = config.validate({"problem": {"name": "mlp", "hidden": hidden, "activation": activation,
                                        "l2": 1e-2},
                            "data": {"source": "digits"}, "algorithm": {"stepsize": 0.1}})
     ps = problems.make_problem(cfg["problem"], cfg["data"], 0, 3)
-    f = ps.local(2)
     rng = np.random.default_rng(1)
-    x = ps.initial_point() + 0.1 * rng.standard_normal(ps.d)  # off the init: biases nonzero
-    value, grad = f.value_and_grad(x)
-    assert grad.shape == (ps.d,) and ps.d == sum(ps.layers)
-    h = 1e-6
-    for _ in range(8):
-        v = rng.standard_normal(ps.d)
-        fd = (f.value(x + h * v) - f.value(x - h * v)) / (2 * h)
-        assert fd == pytest.approx(grad @ v, rel=1e-5, abs=1e-7)
-    # one coordinate of every layer's weights and bias, exactly the partial derivative
-    at = 0
-    for size in ps.layers:
-        for i in (at, at + size - 1):
-            e = np.zeros(ps.d)
-            e[i] = h
-            assert (f.value(x + e) - f.value(x - e)) / (2 * h) == pytest.approx(grad[i], abs=1e-6)
-        at += size
+    f, x, grad = network_gradient_check(ps, rng, directions=8)
     # the minibatch gradient is unbiased: its mean over many draws approaches the full one
     g = np.mean([f.stochastic_grad(x, 64, rng) for _ in range(400)], axis=0)
     assert np.linalg.norm(g - grad) < 0.1 * np.linalg.norm(grad)
