@@ -91,6 +91,21 @@ def _start(tmp_path, *extra, iterations=None):
                             text=True, env=env, start_new_session=True)
 
 
+def _rank_once_checkpointed(proc, out, rank):
+    """The pid of ``rank`` once the run has checkpointed step 100 (by then every rank is in
+    its loop); fails the test if the run ends first or the rank is not found."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "checkpoints").exists() and (checkpoint.latest(str(out)) or 0) >= 100:
+            victim = rank_pid(proc.pid, rank)
+            if victim:
+                return victim
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"the run ended, or rank {rank} was not found, before a checkpoint")
+
+
 def _finish(proc, what):
     try:
         return proc.communicate(timeout=TIMEOUT)
@@ -106,15 +121,7 @@ def test_a_rank_killed_by_sigkill_is_named_and_the_checkpoint_survives(tmp_path,
         pytest.skip("mpiexec not found")
     out = tmp_path / "out"
     proc = _start(tmp_path)
-    deadline = time.monotonic() + TIMEOUT
-    victim = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (out / "checkpoints").exists() and (checkpoint.latest(str(out)) or 0) >= 100:
-            victim = rank_pid(proc.pid, rank)  # now: by then every rank is in its loop
-            if victim:
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None and victim, f"the run ended, or rank {rank} was not found, before a checkpoint"
+    victim = _rank_once_checkpointed(proc, out, rank)
     shm = segments(victim)
     assert shm, f"rank {rank} has no MPICH shared-memory segment (not MPICH on one node?)"
     os.kill(victim, signal.SIGKILL)
@@ -159,13 +166,7 @@ def test_a_signal_to_the_whole_group_is_not_reported_as_a_killed_rank(tmp_path):
         pytest.skip("mpiexec not found")
     out = tmp_path / "out"
     proc = _start(tmp_path)
-    deadline = time.monotonic() + TIMEOUT
-    victim = None
-    while time.monotonic() < deadline and proc.poll() is None and victim is None:
-        if (out / "checkpoints").exists() and (checkpoint.latest(str(out)) or 0) >= 100:
-            victim = rank_pid(proc.pid, 3)
-        time.sleep(0.05)
-    assert proc.poll() is None and victim, "the run ended, or rank 3 was not found"
+    victim = _rank_once_checkpointed(proc, out, 3)
     parent = _parent(victim)
     assert _environ(parent).get(b"PMI_RANK") == b"3"  # its supervisor, not mpiexec's proxy
     os.kill(parent, signal.SIGUSR2)
