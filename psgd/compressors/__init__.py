@@ -34,9 +34,11 @@ def get_compressor(config, layers=None) -> Compressor:
     config = dict(config)
     if is_layered(config):
         if not layers:
-            raise ConfigError("compressor.block_size: got 'layer', but this problem has no "
-                              "layers; allowed: an integer >= 1 or null ('layer' needs a "
-                              "problem with layers: mlp, cnn)")
+            from ..problems import with_layers  # (the registry's, so the list cannot drift)
+
+            raise ConfigError(f"compressor.block_size: got 'layer', but this problem has no "
+                              f"layers; allowed: an integer >= 1 or null ('layer' needs a "
+                              f"problem with layers: {', '.join(with_layers())})")
         return Layered(config, layers, get_compressor)
     cls = lookup("compressor", config.pop("name", None))
     return cls(**config)
