@@ -114,24 +114,16 @@ class Network:
             at += i * o + o
         return out
 
-    def _act(self, z):
-        return activate(z, self.activation)
-
-    def _act_grad(self, z, h):
-        return activate_grad(z, h, self.activation)
-
     def forward(self, x, X):
         """(logits, [(z, h)] of the hidden layers)."""
         hidden, h = [], X
         params = self.unpack(x)
         for W, b in params[:-1]:
             z = h @ W + b
-            h = self._act(z)
+            h = activate(z, self.activation)
             hidden.append((z, h))
         W, b = params[-1]
         return h @ W + b, hidden
-
-    _log_softmax = staticmethod(log_softmax)
 
     def loss(self, x, X, y) -> float:
         """Mean cross-entropy of (X, y)."""
@@ -150,7 +142,7 @@ class Network:
             gb[:] = dz.sum(axis=0)
             if layer:
                 z, h = hidden[layer - 1]
-                dz = (dz @ W.T) * self._act_grad(z, h)
+                dz = (dz @ W.T) * activate_grad(z, h, self.activation)
             elif input_grad:
                 return dz @ W.T
         return None
