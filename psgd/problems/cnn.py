@@ -50,7 +50,8 @@ from ..registry import register
 from ..validation import Int, List, shown
 from .builders import Problem
 from .mlp import (MLP, N_CLASSES, Network, activate, activate_grad, cross_entropy,
-                  cross_entropy_grad, init_weights, layer_shapes, layer_sizes, network_problem)
+                  cross_entropy_grad, init_weights, layer_shapes, layer_sizes, network_problem,
+                  unpack)
 
 
 def geometry(spatial, channels, kernel: int, pool: int):
@@ -95,11 +96,8 @@ class ConvNet:
         return self.conv_shapes + list(self.dense.shapes)
 
     def unpack_conv(self, x):
-        out, at = [], 0
-        for i, o in self.conv_shapes:
-            out.append((x[at:at + i * o].reshape(i, o), x[at + i * o:at + i * o + o]))
-            at += i * o + o
-        return out
+        """[(W, b)] of the conv layers: views into the front of ``x``."""
+        return unpack(x, self.conv_shapes)
 
     def _patches(self, h):
         """(n, *spatial, c) -> the im2col matrix (n * positions, c * kernel^dims)."""

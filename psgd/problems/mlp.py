@@ -59,6 +59,16 @@ def layer_sizes(shapes) -> list:
     return [i * o + o for i, o in shapes]
 
 
+def unpack(x, shapes) -> list:
+    """[(W, b)] views into the flat vector ``x``: per (in, out) shape, W (in x out, row-major)
+    then b (out)."""
+    out, at = [], 0
+    for i, o in shapes:
+        out.append((x[at:at + i * o].reshape(i, o), x[at + i * o:at + i * o + o]))
+        at += i * o + o
+    return out
+
+
 def activate(z, activation: str):
     return np.maximum(z, 0.0) if activation == "relu" else np.tanh(z)
 
@@ -106,13 +116,7 @@ class Network:
 
     def unpack(self, x):
         """[(W, b)] views into the flat vector ``x``."""
-        out, at = [], 0
-        for i, o in self.shapes:
-            W = x[at:at + i * o].reshape(i, o)
-            b = x[at + i * o:at + i * o + o]
-            out.append((W, b))
-            at += i * o + o
-        return out
+        return unpack(x, self.shapes)
 
     def forward(self, x, X):
         """(logits, [(z, h)] of the hidden layers)."""
