@@ -40,7 +40,7 @@ def _launch_hint(path):
 
 def run(path: str, overrides=(), out: str | None = None, resume: bool = False,
         overwrite: bool = False) -> int:
-    t_start = time.monotonic()
+    t_start = startup.started_at()  # the deadlines count from the launcher's start of us
     # The config comes first, without MPI: it says how long start-up may take. Its errors
     # are reported in the setup round below, like every other setup failure.
     cfg, cfg_error = None, None
@@ -56,8 +56,9 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False,
         if supervise.supported():  # from here on this process is the rank, its parent waits
             supervise.start(int(startup.rank_from_env()), cfg["run"]["servers"] if cfg else 1,
                             cfg["output"]["dir"] if cfg else None)
-        watchdog = startup.Watchdog(startup.deadline_s(startup.rank_from_env(), timeout),
-                                    timeout, on_fire=_said_why_and_remove_shm)
+        end = t_start + startup.deadline_s(startup.rank_from_env(), timeout)
+        watchdog = startup.Watchdog(end - time.monotonic(), timeout,
+                                    on_fire=_said_why_and_remove_shm)
     from mpi4py import MPI  # MPI_Init: waits for every rank of the job
 
     if watchdog is not None:

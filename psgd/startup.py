@@ -11,7 +11,10 @@ Two guards, because a rank that never arrives can hang the others in two places:
   go, all non-blocking, so rank 0 can name the ranks that did not arrive.
 
 Rank 0 gives up first, rank 1 :data:`GRACE` seconds later, the others after that: normally
-only rank 0 speaks, and a worker speaks only when rank 0 itself is the one missing.
+only rank 0 speaks, and a worker speaks only when rank 0 itself is the one missing. The
+deadlines count from when the launcher started each process (:func:`started_at`), not from
+when psgd's code first ran: on a loaded machine the ranks' imports can differ by more than
+GRACE, and a rank that started late would then speak after the job had already ended.
 """
 
 from __future__ import annotations
@@ -39,6 +42,21 @@ def rank_from_env() -> str:
     return "?"
 
 
+def started_at() -> float:
+    """When the launcher started this process, on the time.monotonic() clock: the kernel
+    records a process's start in clock ticks since boot (/proc/self/stat, field 22). Where
+    that cannot be read, now."""
+    now = time.monotonic()
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # (the name may hold spaces)
+        start = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - start
+    except (OSError, ValueError, IndexError, AttributeError):
+        return now
+    return now - min(max(age, 0.0), 3600.0)  # (clamped: a clock oddity must not end a run)
+
+
 def deadline_s(rank, timeout_s: float) -> float:
     """Seconds after its start at which ``rank`` gives up waiting for the others."""
     r = int(rank) if str(rank).isdigit() else 2
@@ -60,7 +78,7 @@ class Watchdog:
             code = 0
             try:
                 os.close(self.write)
-                ready, _, _ = select.select([read], [], [], seconds)
+                ready, _, _ = select.select([read], [], [], max(seconds, 0.0))
                 if not ready:  # neither cancelled nor ended: the rank is stuck in MPI_Init
                     print(f"psgd: error on rank {rank_from_env()}: start-up did not complete "
                           f"within run.timeout_s = {timeout_s:g} s: MPI_Init is still waiting "

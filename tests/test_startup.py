@@ -27,13 +27,17 @@ CONFIG = {
     "run": {"iterations": 50, "log_every": 10, "timeout_s": TIMEOUT_S},
 }
 
-# Rank WHO stops itself with SIGSTOP, before or after MPI_Init; the others run psgd.
+# Rank WHO stops itself with SIGSTOP, before or after MPI_Init; the others run psgd. Rank
+# SLOW first sleeps longer than GRACE, as a slow import on a loaded machine can take.
 SCRIPT = textwrap.dedent('''
     import os
     import signal
     import sys
+    import time
 
-    cfg, out, who, when = sys.argv[1:5]
+    cfg, out, who, when, slow, grace = sys.argv[1:7]
+    if os.environ.get("PMI_RANK") == slow:
+        time.sleep(float(grace) + 2)
     if os.environ.get("PMI_RANK") == who:
         if when == "after":
             from mpi4py import MPI  # noqa: F401  (MPI_Init)
@@ -44,22 +48,28 @@ SCRIPT = textwrap.dedent('''
 
 
 
-@pytest.mark.parametrize("who,when,expected", [
+@pytest.mark.parametrize("who,when,expected,slow", [
     ("2", "before", "psgd: error on rank 0: start-up did not complete within run.timeout_s = 5 s"
-                    ": MPI_Init is still waiting for a rank"),
-    ("0", "before", "psgd: error on rank 1: start-up did not complete within run.timeout_s = 5 s"),
+                    ": MPI_Init is still waiting for a rank", "-"),
+    ("0", "before", "psgd: error on rank 1: start-up did not complete within run.timeout_s = 5 s",
+     "-"),
+    # rank 1's code starts after rank 2's deadline would have, counted from rank 2's code: the
+    # deadlines count from the launch, so rank 1 still speaks first and alone (a CI failure)
+    ("0", "before", "psgd: error on rank 1: start-up did not complete within run.timeout_s = 5 s",
+     "1"),
     ("2", "after", "psgd: error on rank 0: start-up: rank 2 did not reach the start-up barrier "
-                   "within run.timeout_s = 5 s"),
+                   "within run.timeout_s = 5 s", "-"),
     ("0", "after", "psgd: error on rank 1: start-up: the server (rank 0) did not reach the "
-                   "start-up barrier"),
+                   "start-up barrier", "-"),
 ])
-def test_a_rank_stopped_during_startup_ends_the_job_with_one_line(tmp_path, who, when, expected):
+def test_a_rank_stopped_during_startup_ends_the_job_with_one_line(tmp_path, who, when, expected,
+                                                                  slow):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(CONFIG))
     script = tmp_path / "stop.py"
     script.write_text(SCRIPT)
     cmd = [mpiexec.path(), "-n", "3", sys.executable, str(script), str(cfg), str(tmp_path / "out"),
-           who, when]
+           who, when, slow, str(GRACE)]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     limit = 120  # Python start-up alone takes many seconds on a loaded 2-core machine
     t0 = time.monotonic()
@@ -79,6 +89,10 @@ def test_a_rank_stopped_during_startup_ends_the_job_with_one_line(tmp_path, who,
 
 
 def test_the_deadline_counts_from_each_rank_s_start():
+    from psgd.startup import started_at
+
+    assert 0 <= time.monotonic() - started_at() < 600  # this process: started before the test
+
     from psgd.startup import deadline_s
 
     assert deadline_s("0", 5) == 5
