@@ -19,12 +19,13 @@ import json
 import os
 import random
 import resource
-import select
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from .fuzz.pipe import LineReader
 
 #: longest accepted error line (the value shown is cut to ~80 characters)
 MAX_MESSAGE = 400
@@ -195,13 +196,13 @@ def run(cases: int = 1000, seed: int = 0, time_limit: float = 1.0, mem_limit_mb:
                                  str(i), str(cases), str(mem_limit_mb), target],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         current, limit, op = None, startup_s, None
+        lines = LineReader(proc.stdout)
         try:
             while i < cases:
-                ready, _, _ = select.select([proc.stdout], [], [], limit)
-                if not ready:  # the case (or the child's start-up) took too long
+                line = lines.readline(limit)
+                if line is None:  # the case (or the child's start-up) took too long
                     stats["failures"].append({"case": current, "status": "hang", "op": op})
                     break
-                line = proc.stdout.readline()
                 if not line:  # the child died inside a case
                     stats["failures"].append({"case": current, "status": "died", "op": op,
                                               "returncode": proc.wait()})

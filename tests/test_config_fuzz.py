@@ -39,3 +39,29 @@ def test_harness_reports_exceptions_and_hangs():
                             target="tests.test_config_fuzz:flaky_target")
     kinds = {f["status"] for f in stats["failures"]}
     assert stats["cases"] == 15 and {"exception", "hang"} <= kinds, stats
+
+
+def test_two_lines_in_one_read_are_both_seen():
+    """The harnesses' pipe reader: a child that answers with two lines in one write and then
+    works on (sleeps) must have both lines read at once. select() and a buffered readline()
+    (what both harnesses did) return the first only and then time out, which they took for a
+    hang, or for a child that died before its first case (a load-dependent failure above)."""
+    import subprocess
+    import sys
+
+    from psgd.fuzz.pipe import LineReader
+
+    child = subprocess.Popen([sys.executable, "-c", "import os, time; "
+                              "os.write(1, b'done 1\\nstart 2\\n'); time.sleep(30)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        lines = LineReader(child.stdout)
+        assert lines.readline(20) == "done 1\n"
+        t0 = time.monotonic()
+        assert lines.readline(5) == "start 2\n"
+        assert time.monotonic() - t0 < 1
+        assert lines.readline(0.2) is None  # nothing more yet: a timeout, not the end
+    finally:
+        child.kill()
+        child.wait()
+    assert lines.readline(5) == ""  # the end of the pipe

@@ -8,7 +8,6 @@ import json
 import mmap
 import os
 import queue
-import select
 import shutil
 import struct
 import subprocess
@@ -21,6 +20,7 @@ import traceback
 import numpy as np
 
 from .mutations import hexdump
+from .pipe import LineReader
 from .targets import (TARGETS, find_data_dir, layered_compressors, make_target,
                       multi_round_compressors)
 
@@ -195,6 +195,7 @@ class _Child:
             [sys.executable, "-m", "psgd.fuzz", "--child", self.progress, str(limit_mb), json.dumps(plugins)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.logfh, cwd=self.dir, env=env,
             text=True, bufsize=1)
+        self.lines = LineReader(self.proc.stdout)
 
     def read_progress(self):
         with open(self.progress, "rb") as fh:
@@ -436,7 +437,6 @@ def _wait(child, serial, timeout, start, on_stats):
     received (partial results go to ``on_stats`` as they arrive)."""
     setup_timeout = max(120.0, 10 * timeout)
     last, since, upto = None, time.monotonic(), start
-    fd = child.proc.stdout
 
     def consume(line):
         nonlocal upto
@@ -450,17 +450,16 @@ def _wait(child, serial, timeout, start, on_stats):
         return True
 
     while True:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            line = fd.readline()
-            if line:
-                if consume(line):
-                    return True, upto, None, None
-                continue
+        line = child.lines.readline(0.1)
+        if line:
+            if consume(line):
+                return True, upto, None, None
+            continue
+        if line == "":  # end of file: the child is gone
             child.proc.wait()
             return False, upto, _case_of(child, serial), "crash"
         if child.proc.poll() is not None:
-            for line in fd:
+            while line := child.lines.readline(0):
                 if consume(line):
                     return True, upto, None, None
             return False, upto, _case_of(child, serial), "crash"
