@@ -281,19 +281,11 @@ class Report:
 
 
 def _tasks(targets, cases, compressors, seed, data_dir):
-    from ..compressors import available
-
+    listers = _per_compressor_listers()
     names = []
     for t in targets:
-        if t == "codecs":
-            comp = available() if not compressors else list(compressors)
-            names += [("codecs", c) for c in comp]
-        elif t == "rounds":  # one per multi-round compressor (of the subset, if given)
-            comp = [c for c in multi_round_compressors() if not compressors or c in compressors]
-            names += [("rounds", c) for c in comp]
-        elif t == "layered":  # one per compressor with a block_size (of the subset, if given)
-            comp = [c for c in layered_compressors() if not compressors or c in compressors]
-            names += [("layered", c) for c in comp]
+        if t in listers:  # one task per compressor the target covers (of the subset, if given)
+            names += [(t, c) for c in listers[t]() if not compressors or c in compressors]
         else:
             names.append((t, t))
     names.sort(key=lambda tn: (0 if tn[1] in _SLOW_FIRST else 1, _SLOW_FIRST.index(tn[1])
@@ -478,8 +470,16 @@ def _case_of(child, serial):
 
 # -- replay / command line --------------------------------------------------------------------------
 
-#: the targets with one task per compressor (TARGET:COMPRESSOR:CASE)
-PER_COMPRESSOR = ("codecs", "rounds", "layered")
+def _per_compressor_listers():
+    """The targets with one task per compressor (TARGET:COMPRESSOR:CASE), each with the
+    function that lists the compressors it covers (imported late: the registry is heavy)."""
+    from ..compressors import available
+
+    return {"codecs": available, "rounds": multi_round_compressors,
+            "layered": layered_compressors}
+
+
+PER_COMPRESSOR = ("codecs", "rounds", "layered")  # (the keys of _per_compressor_listers)
 
 
 def replay(spec: str, seed: int, data_dir=None) -> int:
