@@ -75,6 +75,7 @@ class Downlink:
         if not self.exact and self.compressor.unbiased:
             self.scale = 1.0 / (1.0 + self.compressor.omega(d))
         self.d = d
+        self._delta = None  # the server's scratch for x - mirror (compressed downlinks)
 
     def max_nbytes(self) -> int:
         return self.compressor.max_nbytes(self.d)
@@ -87,10 +88,15 @@ class Downlink:
         """Server: the message that brings a worker from ``mirror`` to ``x`` (mirror moves)."""
         if mirror is None:  # the model itself, encoded straight into the send buffer
             return self.compressor.encode_into(x, rng, out)
-        payload, y = self.compressor.encode_decode(x - mirror, rng)
-        mirror += self.scale * y
-        out[:payload.size] = payload
-        return payload.size
+        # x - mirror into one scratch vector, its code straight into the send buffer, and
+        # the mirror moved by decoding that code into it: the worker's own step
+        # (``apply``), so both copies agree bit for bit, with no d-sized temporaries
+        if self._delta is None or self._delta.size != x.size:
+            self._delta = np.empty(x.size)
+        np.subtract(x, mirror, out=self._delta)
+        n = self.compressor.encode_into(self._delta, rng, out)
+        self.compressor.decode_add(out[:n], mirror, self.scale)
+        return n
 
     def apply(self, payload, x: np.ndarray) -> np.ndarray:
         """Worker: its model after the server's message (raises WireFormatError)."""

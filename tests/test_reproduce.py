@@ -200,7 +200,7 @@ def test_flynn_quick(tmp_path):
     def steps(name):
         return next(x["step"] for x in _records(out / "runs" / name) if x["rel_subopt"] <= 1e-3)
 
-    gd = steps("power-gd")
+    gd = steps("power-diag-gd")
     haar = result["runs"]["power-diag-haar"]
     measured = steps("power-diag-haar") / gd
     assert measured == pytest.approx(haar["measured"])
@@ -208,7 +208,7 @@ def test_flynn_quick(tmp_path):
     assert 2 * measured <= haar["worst_case"] == pytest.approx(20.0)
     assert "lambda_S" in json.loads((out / "runs" / "power-diag-haar" / "summary.json")
                                     .read_text())["stepsize_rule"]
-    diag, rot = steps("power-diag-coord") / gd, steps("power-rot-coord") / gd
+    diag, rot = steps("power-diag-coord") / gd, steps("power-rot-coord") / steps("power-rot-gd")
     assert diag > 2 * rot
     assert result["verdict"].startswith("reproduced")
 
