@@ -97,9 +97,8 @@ def test_unequal_shards_still_reach_the_global_optimum(run_psgd, data_dir):
     w = diana.summary["weights"]
     assert len(w) == 5 and len(set(w)) == 2 and abs(sum(w) - 1) < 1e-12
     assert min(r["subopt"] for r in diana.metrics) <= 1e-9
-    dqgd = run_psgd(6, mushrooms_cfg("dqgd", iterations=3000), timeout=300, out="dqgd5")
-    assert dqgd.returncode == 0, dqgd.stderr
-    assert min(r["subopt"] for r in dqgd.metrics if r["step"] >= 2000) > 1e-5
+    # (DQGD's stall on mushrooms is test_diana_reaches_optimum_where_dqgd_stalls_on_mushrooms's;
+    # repeating it here on 5 workers cost 15 s of the suite and tested nothing about weights)
 
 
 def test_async_with_tau_zero_reproduces_sync_iterates(run_psgd):
