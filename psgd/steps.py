@@ -107,24 +107,25 @@ def worker_step_sharded(alg, uplinks, ranges, ws, grad, j, seq, rng, outs) -> li
     """The same, one message per key range (``ranges``: slices of the vector), each in its
     ``outs`` buffer with its own codec header; return the messages' sizes.
 
-    An algorithm that keeps a memory in step with the server (DIANA's shift, EF's error)
-    needs the decoded message: encode and decode once. Otherwise the code goes straight
-    into the send buffer with no decode and no temporary.
+    The code goes straight into the send buffer. An algorithm that keeps a memory in step
+    with the server (DIANA's shift, EF's error) also needs the decoded message: it is decoded
+    from that buffer into one reused work vector (zeros plus ``decode_add``, which is what
+    ``decode`` computes, so the values are the same), with no d-sized temporaries a step.
     """
     full = alg.full_message(seq)
     v = alg.worker_vector(ws, grad, full)
-    y = np.empty_like(v) if alg.needs_decoded else None
+    y = alg.work("decoded", v.size) if alg.needs_decoded else None
     sizes = []
     for uplink, part, out in zip(uplinks, ranges, outs):
         codec = uplink.codec(full)
         key = uplink.key(codec, j, seq)
-        if y is None:
-            sizes.append(codec.encode_into(v[part], rng, out, key=key))
-            continue
-        buf, decoded = codec.encode_decode(v[part], rng, key=key)
-        y[part] = uplink.scaled(decoded)
-        out[:buf.size] = buf
-        sizes.append(buf.size)
+        n = codec.encode_into(v[part], rng, out, key=key)
+        sizes.append(n)
+        if y is not None:
+            decoded = y[part]
+            decoded.fill(0.0)
+            codec.decode_add(out[:n], decoded, 1.0, key=key)
+            uplink.scaled(decoded)
     if y is not None:
         alg.worker_update(ws, v, y)
     return sizes

@@ -286,7 +286,8 @@ class Algorithm:
         ss.x = prox(ss.x, h.gamma)
 
     def work(self, name: str, d: int) -> np.ndarray:
-        """A reusable server-side work vector (scratch: never part of the checkpointed state)."""
+        """A reusable work vector (scratch: never part of the checkpointed state; a worker's
+        decoded message, the server's aggregate)."""
         buf = self._buffers.get(name)
         if buf is None or buf.size != d:
             buf = self._buffers[name] = np.empty(d)

@@ -97,10 +97,13 @@ class DIANA(Algorithm):
         return DianaWorker(shift=np.zeros(d))
 
     def worker_vector(self, ws, grad, full=False):
-        return grad - ws.shift
+        # into a reused vector: DIANA's message is consumed within the step (it has no
+        # multi-round compressors, whose rounds keep the vector between messages)
+        return np.subtract(grad, ws.shift, out=self.work("vector", grad.size))
 
     def worker_update(self, ws, v, y):
-        ws.shift += self.hyper.alpha * y
+        y *= self.hyper.alpha  # in place (y is the step's scratch): no d-sized temporary
+        ws.shift += y
 
     def server_fields(self, d):
         if self.synchronous:
