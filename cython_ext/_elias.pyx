@@ -30,12 +30,15 @@ cdef extern from "_elias.h":
     ctypedef struct psgd_bw:
         uint8_t *out
         Py_ssize_t p
+        Py_ssize_t cap
         uint64_t acc
         int nbits
     void psgd_bw_put(psgd_bw *w, uint64_t v, int len) noexcept nogil
     void psgd_bw_flush(psgd_bw *w) noexcept nogil
     void psgd_bw_omega(psgd_bw *w, uint64_t n) noexcept nogil
     void psgd_bw_triple(psgd_bw *w, uint64_t gap, uint32_t sign, uint64_t lev) noexcept nogil
+    void psgd_e_write(const uint32_t *code, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t *prev,
+                      psgd_bw *w) noexcept nogil
     int psgd_omega_len(uint64_t n) noexcept nogil
     ctypedef struct psgd_tri:
         uint16_t gap
@@ -110,7 +113,6 @@ def elias_encode(const real_in[::1] x, const float[::1] scales, Py_ssize_t block
     cdef Py_ssize_t blk, j = 0, end, m, k, nnz = 0, prev = -1
     cdef double t
     cdef psgd_bw w
-    cdef uint32_t c
     with nogil:
         for i in range(nb):
             psgd_store_f32le(&out[4 * i], scales[i] + <float>0.0)
@@ -130,6 +132,7 @@ def elias_encode(const real_in[::1] x, const float[::1] scales, Py_ssize_t block
                 j += m
         w.out = &out[4 * nb]
         w.p = 0
+        w.cap = out.shape[0] - 4 * nb
         w.acc = 0
         w.nbits = 0
         psgd_bw_omega(&w, <uint64_t>nnz + 1)
@@ -145,11 +148,7 @@ def elias_encode(const real_in[::1] x, const float[::1] scales, Py_ssize_t block
                         psgd_e_codes_f32(&x[j], m, t, <uint32_t>levels, seed + <uint64_t>j * GAMMA, code)
                     else:
                         psgd_e_codes_f64(&x[j], m, t, <uint32_t>levels, seed + <uint64_t>j * GAMMA, code)
-                    for k in range(m):
-                        c = code[k]
-                        if c:
-                            psgd_bw_triple(&w, <uint64_t>(j + k - prev), c & 1, c >> 1)
-                            prev = j + k
+                    psgd_e_write(code, m, j, &prev, &w)
                 j += m
         psgd_bw_flush(&w)                            # zero padding to a whole byte
     return 4 * nb + w.p
