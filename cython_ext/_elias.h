@@ -5,20 +5,28 @@
 
 #include "_common.h"
 /* The random-dithering level code (level << 1 | sign) of n coordinates of one block with
-   scale t > 0, exactly as psgd._dither computes it; z = seed + j0 * GAMMA. */
+   scale t > 0, exactly as psgd._dither computes it; z = seed + j0 * GAMMA. Written with
+   integer masks instead of ?: on FP compares (which -ftrapping-math keeps as branches) so
+   that the loop vectorizes: in = y < s, yc = in ? y : 0, trunc(yc) < 2^31 is the same
+   through int64 as through int32. */
 #define PSGD_E_BODY(SFX, T)                                                               \
 static inline __attribute__((always_inline)) void psgd_e_codes_##SFX##_body(                \
         const T *x, Py_ssize_t n, double t, uint32_t levels, uint64_t z, uint32_t *code) {\
-    double s = (double)levels;                                                            \
+    const double s = (double)levels;                                                      \
+    const uint64_t s64 = levels;                                                          \
     for (Py_ssize_t k = 0; k < n; k++) {                                                  \
         double xv = (double)x[k];                                                         \
         double y = fabs(xv) / t * s;                                                      \
-        int in = y < s;                                                                   \
-        double yc = in ? y : 0.0;                                                         \
-        double low = (double)(int32_t)yc;                                                 \
-        uint32_t lev = in ? (uint32_t)low + (psgd_u01(z + (uint64_t)(k + 1) * PSGD_GAMMA)\
-                                             < yc - low) : levels;                        \
-        code[k] = (lev << 1) | (uint32_t)((xv < 0) & (lev != 0));                         \
+        uint64_t m_in = -(uint64_t)(y < s);                                               \
+        uint64_t ycb = psgd_f64_bits(y) & m_in;                                           \
+        double yc; memcpy(&yc, &ycb, 8);                                                  \
+        int64_t lowi = (int64_t)yc;                                                       \
+        double low = (double)lowi;                                                        \
+        uint64_t r = psgd_mix64(z + (uint64_t)(k + 1) * PSGD_GAMMA) >> 11;                \
+        uint64_t up = (uint64_t)((double)(int64_t)r * 0x1.0p-53 < yc - low);              \
+        uint64_t lev = (((uint64_t)lowi + up) & m_in) | (s64 & ~m_in);                    \
+        uint64_t neg = (uint64_t)(xv < 0);                                                \
+        code[k] = (uint32_t)((lev << 1) | (neg & (uint64_t)(lev != 0)));                  \
     }                                                                                     \
 }
 PSGD_E_BODY(f32, float)
@@ -29,31 +37,38 @@ PSGD_MULTIVERSION(psgd_e_codes_##SFX, (const T *x, Py_ssize_t n, double t, uint3
 PSGD_E_DISPATCH(f32, float)
 PSGD_E_DISPATCH(f64, double)
 
-/* ---- MSB-first bit writer (bit k of the stream is bit 7 - k % 8 of byte k / 8): bits
-   collect in acc and leave 32 at a time */
-typedef struct { uint8_t *out; Py_ssize_t p; uint64_t acc; int nbits; } psgd_bw;
-static inline void psgd_bw_put(psgd_bw *w, uint64_t v, int len) {     /* len <= 32 */
-    w->acc = (w->acc << len) | v;
+/* ---- MSB-first bit writer (bit k of the stream is bit 7 - k % 8 of byte k / 8). The
+   pending bits sit at the top of acc (nbits <= 7 between puts); a put adds up to 56 bits
+   and then every whole byte leaves with one unaligned 8-byte big-endian store (its low
+   bytes are zeros that later stores overwrite), so a whole triple costs one put. cap is
+   the size of the buffer: within 8 bytes of it the bytes are stored one at a time. */
+typedef struct { uint8_t *out; Py_ssize_t p, cap; uint64_t acc; int nbits; } psgd_bw;
+static inline void psgd_store_u64be(uint8_t *p, uint64_t v) {
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    memcpy(p, &v, 8);
+}
+static inline void psgd_bw_put56(psgd_bw *w, uint64_t v, int len) {   /* v < 2^len, len <= 56 */
+    /* (v << 1) << (63 - nbits - len): both shifts < 64 also for len = 0 */
+    w->acc |= (v << 1) << (63 - w->nbits - len);
     w->nbits += len;
-    if (w->nbits >= 32) {
-        uint32_t top;
-        w->nbits -= 32;
-        top = (uint32_t)(w->acc >> w->nbits);
-        w->out[w->p] = (uint8_t)(top >> 24); w->out[w->p + 1] = (uint8_t)(top >> 16);
-        w->out[w->p + 2] = (uint8_t)(top >> 8); w->out[w->p + 3] = (uint8_t)top;
-        w->p += 4;
-    }
+    int nbytes = w->nbits >> 3;
+    if (w->p + 8 <= w->cap) psgd_store_u64be(w->out + w->p, w->acc);
+    else for (int q = 0; q < nbytes; q++) w->out[w->p + q] = (uint8_t)(w->acc >> (56 - 8 * q));
+    w->p += nbytes;
+    w->acc <<= 8 * nbytes;                                  /* 8 * nbytes <= 56 */
+    w->nbits &= 7;
+}
+static inline void psgd_bw_put(psgd_bw *w, uint64_t v, int len) {     /* len <= 32 */
+    psgd_bw_put56(w, v, len);
 }
 static inline void psgd_bw_put_long(psgd_bw *w, uint64_t v, int len) {   /* len <= 64 */
-    if (len > 32) { psgd_bw_put(w, v >> 32, len - 32); psgd_bw_put(w, v & 0xFFFFFFFFULL, 32); }
-    else psgd_bw_put(w, v, len);
+    if (len > 32) { psgd_bw_put56(w, v >> 32, len - 32); psgd_bw_put56(w, v & 0xFFFFFFFFULL, 32); }
+    else psgd_bw_put56(w, v, len);
 }
 static inline void psgd_bw_flush(psgd_bw *w) {            /* pad with zeros to a byte */
-    while (w->nbits > 0) {
-        int take = w->nbits >= 8 ? 8 : w->nbits;
-        w->out[w->p++] = (uint8_t)(((w->acc >> (w->nbits - take)) << (8 - take)) & 0xFF);
-        w->nbits -= take;
-    }
+    if (w->nbits > 0) { w->out[w->p++] = (uint8_t)(w->acc >> 56); w->acc = 0; w->nbits = 0; }
 }
 static inline int psgd_bitlen64(uint64_t v) { return v ? 64 - __builtin_clzll(v) : 0; }
 /* Elias omega of n >= 1 as one right-aligned integer (n < 2^34: at most 45 bits) */
@@ -79,10 +94,32 @@ static inline void psgd_bw_triple(psgd_bw *w, uint64_t gap, uint32_t sign, uint6
         int lg = psgd_omega_bits[gap], ll = psgd_omega_bits[lev];
         uint64_t v = ((uint64_t)psgd_omega_val[gap] << (ll + 1)) | ((uint64_t)sign << ll)
                      | psgd_omega_val[lev];
-        psgd_bw_put_long(w, v, lg + 1 + ll);
+        psgd_bw_put56(w, v, lg + 1 + ll);                 /* <= 17 + 1 + 17 bits */
     } else {
         psgd_bw_omega(w, gap); psgd_bw_put(w, sign, 1); psgd_bw_omega(w, lev);
     }
+}
+/* the triples of the nonzero codes of code[0..m) (coordinates j0..j0+m), *prev the index
+   of the previous nonzero. Branch-free for the common case (gap and level in the tables):
+   a zero code puts 0 bits, so a mix of zeros and nonzeros costs no mispredictions. */
+static void psgd_e_write(const uint32_t *code, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t *prev,
+                         psgd_bw *w) {
+    Py_ssize_t pv = *prev;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        uint32_t c = code[k];
+        uint64_t gap = (uint64_t)(j0 + k - pv), lev = c >> 1;
+        if ((gap | lev) >= PSGD_OMEGA_LUT) {              /* long gap or high level */
+            if (c) { psgd_bw_triple(w, gap, c & 1, lev); pv = j0 + k; }
+            continue;
+        }
+        uint64_t nz = -(uint64_t)(c != 0);
+        int lg = psgd_omega_bits[gap], ll = psgd_omega_bits[lev];
+        uint64_t v = ((uint64_t)psgd_omega_val[gap] << (ll + 1)) | ((uint64_t)(c & 1) << ll)
+                     | psgd_omega_val[lev];
+        psgd_bw_put56(w, v & nz, (lg + 1 + ll) & (int)nz);
+        pv = c ? j0 + k : pv;
+    }
+    *prev = pv;
 }
 /* the decoder's table: the triple (gap, sign, level) that the next 12 bits start with,
    if it fits in them (len 0: it does not) */

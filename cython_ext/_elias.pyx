@@ -30,12 +30,15 @@ cdef extern from "_elias.h":
     ctypedef struct psgd_bw:
         uint8_t *out
         Py_ssize_t p
+        Py_ssize_t cap
         uint64_t acc
         int nbits
     void psgd_bw_put(psgd_bw *w, uint64_t v, int len) noexcept nogil
     void psgd_bw_flush(psgd_bw *w) noexcept nogil
     void psgd_bw_omega(psgd_bw *w, uint64_t n) noexcept nogil
     void psgd_bw_triple(psgd_bw *w, uint64_t gap, uint32_t sign, uint64_t lev) noexcept nogil
+    void psgd_e_write(const uint32_t *code, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t *prev,
+                      psgd_bw *w) noexcept nogil
     int psgd_omega_len(uint64_t n) noexcept nogil
     ctypedef struct psgd_tri:
         uint16_t gap
@@ -110,7 +113,6 @@ def elias_encode(const real_in[::1] x, const float[::1] scales, Py_ssize_t block
     cdef Py_ssize_t blk, j = 0, end, m, k, nnz = 0, prev = -1
     cdef double t
     cdef psgd_bw w
-    cdef uint32_t c
     with nogil:
         for i in range(nb):
             psgd_store_f32le(&out[4 * i], scales[i] + <float>0.0)
@@ -130,6 +132,7 @@ def elias_encode(const real_in[::1] x, const float[::1] scales, Py_ssize_t block
                 j += m
         w.out = &out[4 * nb]
         w.p = 0
+        w.cap = out.shape[0] - 4 * nb
         w.acc = 0
         w.nbits = 0
         psgd_bw_omega(&w, <uint64_t>nnz + 1)
@@ -145,11 +148,7 @@ def elias_encode(const real_in[::1] x, const float[::1] scales, Py_ssize_t block
                         psgd_e_codes_f32(&x[j], m, t, <uint32_t>levels, seed + <uint64_t>j * GAMMA, code)
                     else:
                         psgd_e_codes_f64(&x[j], m, t, <uint32_t>levels, seed + <uint64_t>j * GAMMA, code)
-                    for k in range(m):
-                        c = code[k]
-                        if c:
-                            psgd_bw_triple(&w, <uint64_t>(j + k - prev), c & 1, c >> 1)
-                            prev = j + k
+                    psgd_e_write(code, m, j, &prev, &w)
                 j += m
         psgd_bw_flush(&w)                            # zero padding to a whole byte
     return 4 * nb + w.p
@@ -186,10 +185,12 @@ def elias_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_
     cdef Py_ssize_t nnz = <Py_ssize_t>(cnt - 1)
     # every triple takes >= 3 bits: a count beyond what is left is cut short at once
     cdef Py_ssize_t cap = nnz if <uint64_t>nnz <= (r.end - r.pos) // 3 else <Py_ssize_t>((r.end - r.pos) // 3 + 1)
-    idx_arr = np.empty(max(cap, 1), dtype=np.int64)
-    lev_arr = np.empty(max(cap, 1), dtype=np.int64)
-    cdef int64_t[::1] idx = idx_arr
-    cdef int64_t[::1] lev = lev_arr
+    # 32-bit is enough (d <= 2^32 - 1, |level| <= 2^31 - 1) and halves the scratch the
+    # kernel has to fault in (8 bytes per nonzero instead of 16)
+    idx_arr = np.empty(max(cap, 1), dtype=np.uint32)
+    lev_arr = np.empty(max(cap, 1), dtype=np.int32)
+    cdef uint32_t[::1] idx = idx_arr
+    cdef int32_t[::1] lev = lev_arr
     cdef int64_t prev = -1
     cdef int code = C_ERR_OK
     cdef Py_ssize_t where = -1
@@ -209,8 +210,8 @@ def elias_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_
                         and <uint64_t>tri.lev <= <uint64_t>levels and scales[blk] != 0.0:
                     r.pos += tri.len
                     prev += tri.gap
-                    idx[e] = prev
-                    lev[e] = -<int64_t>tri.lev if tri.sign else <int64_t>tri.lev
+                    idx[e] = <uint32_t>prev
+                    lev[e] = -<int32_t>tri.lev if tri.sign else <int32_t>tri.lev
                     continue
             start = r.pos
             st = psgd_br_omega(&r, &g)
@@ -243,8 +244,8 @@ def elias_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_
                 code = C_ERR_ZERO_BLOCK
                 where = <Py_ssize_t>prev
                 break
-            idx[e] = prev
-            lev[e] = -<int64_t>v if sgn else <int64_t>v
+            idx[e] = <uint32_t>prev
+            lev[e] = -<int32_t>v if sgn else <int32_t>v
         if code == C_ERR_OK:
             if (r.end - r.pos) >= 8:
                 code = C_ERR_TRAILING
@@ -260,7 +261,7 @@ def elias_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block_
     blk_end = block_size
     with nogil:
         for e in range(nnz):
-            while idx[e] >= blk_end:
+            while <int64_t>idx[e] >= blk_end:
                 blk += 1
                 blk_end += block_size
             lv = lev[e]

@@ -14,7 +14,8 @@ from libc.string cimport memcpy
 import numpy as np
 
 from _common cimport (GAMMA, psgd_mix64, psgd_u01, psgd_store_f32le, psgd_load_u32le, psgd_u32_as_f32,
-                     real_in, real_out, _nblocks, check_block_size, fill_trits)
+                     real_in, real_out, _nblocks, check_block_size, fill_trits,
+                     psgd_lsb_bw, psgd_lsb_put, psgd_lsb_flush)
 # the decoders' error codes: the one table, psgd/kernels_ref/errors.py (via _errors.h)
 from _common cimport (
     C_ERR_OK, C_ERR_SCALE, C_ERR_TRIT, C_ERR_LEVEL, C_ERR_PADDING, C_ERR_ZERO_BLOCK,
@@ -105,8 +106,8 @@ def sd_encode(const real_in[::1] x, Py_ssize_t block_size, double c_full, double
     cdef uint8_t *sym
     cdef uint8_t *ustream
     cdef uint8_t tr[5]
-    cdef int64_t pos = 0, r
     cdef Py_ssize_t i, m
+    cdef psgd_lsb_bw w
     with nogil:
         for blk in range(nb):
             psgd_store_f32le(&out[4 * blk], gam[blk])
@@ -119,14 +120,21 @@ def sd_encode(const real_in[::1] x, Py_ssize_t block_size, double c_full, double
                 if j < d and lev[j]:
                     tr[m] = 1 if x[j] > 0 else 2
             sym[i] = tr[0] + 3 * tr[1] + 9 * tr[2] + 27 * tr[3] + 81 * tr[4]
+        # unary levels, LSB-first: k - 1 one bits and the zero terminator, 32 at a time
+        # through the shared bit writer instead of one read-modify-write per bit
+        w.out = ustream
+        w.p = 0
+        w.acc = 0
+        w.nbits = 0
         for j in range(d):
             k = lev[j]
             if k == 0:
                 continue
-            for r in range(k - 1):
-                ustream[pos >> 3] |= <uint8_t>(1 << (pos & 7))
-                pos += 1
-            pos += 1  # the zero terminator
+            while k > 32:
+                psgd_lsb_put(&w, 0xFFFFFFFF, 32)
+                k -= 32
+            psgd_lsb_put(&w, (<uint64_t>1 << (k - 1)) - 1, <int>k)
+        psgd_lsb_flush(&w)
     return result
 
 
