@@ -124,3 +124,14 @@ def test_set_threads_rejects_bad_counts():
         with pytest.raises(ValueError):
             kernels.set_threads(n)
     assert kernels.THREADS == 1              # the default stays: single-threaded
+
+
+def test_bad_env_is_one_line_from_the_cli():
+    import os
+    import sys
+    env = dict(os.environ, PSGD_THREADS="lots")
+    proc = subprocess.run([sys.executable, "-m", "psgd", "bench", "codecs", "--dim", "10"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "PSGD_THREADS" in lines[0] and "'lots'" in lines[0], proc.stderr
