@@ -8,11 +8,17 @@ PSGD_WITH_CYTHON controls the kernels (the PyYAML pattern):
   unset  try to build them; on failure warn and fall back to the NumPy twins
   1      the build must succeed (CI sets this)
   0      do not build them
+
+PSGD_OPENMP controls OpenMP in the kernels (multi-threaded with PSGD_THREADS at run time):
+  unset  use -fopenmp when the compiler accepts it, else build single-threaded (same bytes)
+  1      OpenMP must work
+  0      build without it
 """
 
 import glob
 import os
 import sys
+import tempfile
 
 from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
@@ -90,8 +96,50 @@ def extensions():
                                           "cdivision": True, "initializedcheck": False})
 
 
+OPENMP_MODE = os.environ.get("PSGD_OPENMP", "").strip()
+OPENMP_FLAGS = ["-fopenmp"]
+OPENMP_PROBE = """#include <omp.h>
+int main(void) { int n = 0;
+#pragma omp parallel reduction(+:n)
+n += 1;
+return n > 0 ? 0 : 1; }
+"""
+
+
+def compiler_has_openmp(compiler) -> bool:
+    """Whether ``compiler`` compiles and links an OpenMP program with -fopenmp."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as fh:
+            fh.write(OPENMP_PROBE)
+        try:
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=OPENMP_FLAGS)
+            compiler.link_executable(objs, os.path.join(tmp, "probe"),
+                                     extra_postargs=OPENMP_FLAGS)
+        except Exception:  # noqa: BLE001 - any failure means no usable OpenMP
+            return False
+    return True
+
+
 class OptionalBuildExt(build_ext):
-    """Fall back to the NumPy twins (with a warning) unless PSGD_WITH_CYTHON=1."""
+    """Fall back to the NumPy twins (with a warning) unless PSGD_WITH_CYTHON=1.
+
+    Adds -fopenmp to every kernel when the compiler supports it (PSGD_OPENMP above): the
+    kernels' pragmas are then live; without it they are ignored and the kernels run on
+    one thread, with the same bytes either way."""
+
+    def build_extensions(self):
+        if OPENMP_MODE != "0" and self.extensions:
+            if compiler_has_openmp(self.compiler):
+                for ext in self.extensions:
+                    ext.extra_compile_args = list(ext.extra_compile_args) + OPENMP_FLAGS
+                    ext.extra_link_args = list(ext.extra_link_args) + OPENMP_FLAGS
+            elif OPENMP_MODE == "1":
+                raise SystemExit("PSGD_OPENMP=1 but the compiler does not accept -fopenmp")
+            else:
+                print("WARNING: the compiler has no OpenMP (-fopenmp); psgd's kernels are "
+                      "built single-threaded (PSGD_THREADS has no effect)", file=sys.stderr)
+        super().build_extensions()
 
     def run(self):
         try:

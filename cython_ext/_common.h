@@ -96,4 +96,53 @@ static inline RET NAME PARAMS {                                                 
     return (PSGD_HAVE_V4 && psgd_use_v4) ? NAME##_v4 ARGS : NAME##_base ARGS;             \
 }
 
+/* ---- OpenMP threads (issue 11): a kernel call runs on psgd_threads_for(d, units) threads.
+   Built without OpenMP (setup.py found no -fopenmp, or PSGD_OPENMP=0) the pragmas are
+   ignored and this is always 1. Each module keeps its own copy of the setting (like
+   psgd_use_v4); psgd.kernels.set_threads sets them all. Threads only split a vector into
+   contiguous ranges of whole units (chunks of codes, blocks): each output byte and each
+   out[j] += v_j is computed by the same instructions as on one thread, so results never
+   depend on the thread count. */
+#ifdef _OPENMP
+#include <omp.h>
+#define PSGD_HAVE_OPENMP 1
+static inline int psgd_omp_max_threads(void) { return omp_get_max_threads(); }
+#else
+#define PSGD_HAVE_OPENMP 0
+static inline int psgd_omp_max_threads(void) { return 0; }
+#endif
+#define PSGD_MAX_THREADS 1024                 /* per-thread result arrays live on the stack */
+static int psgd_threads = 1;                  /* 1: never start a parallel region */
+static Py_ssize_t psgd_parallel_min = 1 << 20;  /* coordinates; set with the count */
+static inline void psgd_set_threads(int n, Py_ssize_t min_size) {
+    psgd_threads = n < 1 ? 1 : n > PSGD_MAX_THREADS ? PSGD_MAX_THREADS : n;
+    psgd_parallel_min = min_size < 0 ? 0 : min_size;
+}
+/* threads for a call over d coordinates made of `units` independent pieces */
+static inline int psgd_threads_for(Py_ssize_t d, Py_ssize_t units) {
+    if (!PSGD_HAVE_OPENMP || psgd_threads <= 1 || d < psgd_parallel_min || units < 2)
+        return 1;
+    return units < psgd_threads ? (int)units : psgd_threads;
+}
+/* [*lo, *hi): part t of T of n units, the first n % T parts one unit longer */
+static inline void psgd_split(Py_ssize_t n, int T, int t, Py_ssize_t *lo, Py_ssize_t *hi) {
+    Py_ssize_t q = n / T, r = n % T;
+    *lo = t * q + (t < r ? t : r);
+    *hi = *lo + q + (t < r ? 1 : 0);
+}
+/* how many threads an OpenMP region asking for n really gets (1 without OpenMP): lets
+   tests check that the build used -fopenmp and that a thread count takes effect */
+static inline int psgd_team_size(int n) {
+    int got = 1;
+#ifdef _OPENMP
+    #pragma omp parallel num_threads(n)
+    {
+        #pragma omp single
+        got = omp_get_num_threads();
+    }
+#endif
+    (void)n;
+    return got;
+}
+
 #endif

@@ -27,6 +27,14 @@ cdef extern from "_common.h":
     void psgd_lsb_flush(psgd_lsb_bw *w) noexcept nogil
     int psgd_cpu_has_v4() noexcept nogil
     void psgd_set_use_v4(int on) noexcept nogil
+    # OpenMP threads (see _common.h): all 1 / no-ops in a build without OpenMP
+    const int HAVE_OPENMP "PSGD_HAVE_OPENMP"
+    const int MAX_THREADS "PSGD_MAX_THREADS"
+    int psgd_omp_max_threads() noexcept nogil
+    void psgd_set_threads(int n, Py_ssize_t min_size) noexcept nogil
+    int psgd_threads_for(Py_ssize_t d, Py_ssize_t units) noexcept nogil
+    void psgd_split(Py_ssize_t n, int T, int t, Py_ssize_t *lo, Py_ssize_t *hi) noexcept nogil
+    int psgd_team_size(int n) noexcept nogil
 
 # The decoders' error codes. _errors.h is written by setup.py from psgd/kernels_ref/errors.py,
 # the one table of them (the Python twins import it; tests check the compiled modules agree).
@@ -74,6 +82,22 @@ cdef inline int use_isa(name) except -1:
     if name not in isa_variants():
         raise ValueError(f"ISA variant {name!r} is not available; have {isa_variants()}")
     psgd_set_use_v4(name == "x86-64-v4")
+    return 0
+
+
+cdef inline dict openmp_info():
+    """Whether this module was built with OpenMP, and its thread settings (for tests)."""
+    return {"openmp": bool(HAVE_OPENMP), "omp_max_threads": psgd_omp_max_threads(),
+            "max_threads": MAX_THREADS}
+
+
+cdef inline int set_threads(int n, Py_ssize_t min_size) except -1:
+    """Run this module's parallel kernels on n threads for vectors of >= min_size coordinates."""
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"threads must be in [1, {MAX_THREADS}], got {n}")
+    if min_size < 0:
+        raise ValueError(f"min_size must be >= 0, got {min_size}")
+    psgd_set_threads(n, min_size)
     return 0
 
 

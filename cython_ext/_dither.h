@@ -133,7 +133,8 @@ static inline __attribute__((always_inline)) void psgd_absmax_##SFX##_body(     
    nonnegative, so any order's sum is within gamma_(n-1) S of the exact S, and the two
    differ by at most ~2 n u S_par (u = 2^-53; 4 n u is used). When that whole interval
    rounds to one float32 (all but ~n u / 2^-24 of the blocks), it is the sequential
-   result; otherwise (or non-finite) the sequential sum is computed. Bytes never change. */
+   result; otherwise (or non-finite) the sequential sum is computed. Bytes never change.
+   nt > 1 threads sum one block (the whole vector, by default) in nt ranges. */
 static inline float psgd_ceil_f32(double v) {
     float f = (float)v;
     if ((double)f < v)                       /* round up so that |x_j| <= t32 */
@@ -161,9 +162,22 @@ static inline __attribute__((always_inline)) double psgd_sumsq_lanes_##SFX##_bod
     return acc[0];                                                                        \
 }                                                                                         \
 PSGD_MULTIVERSION_RET(double, psgd_sumsq_lanes_##SFX, (const T *x, Py_ssize_t n), (x, n))  \
-static float psgd_scale2_##SFX(const T *x, Py_ssize_t n) {                                \
+static float psgd_scale2_##SFX(const T *x, Py_ssize_t n, int nt) {                        \
     if (n >= 64) {                                                                        \
-        double s = psgd_sumsq_lanes_##SFX(x, n);                                          \
+        /* on nt threads: lane sums of nt ranges, added in range order. Still some order  \
+           of the same n products, so the bound below holds and the bytes are the same */ \
+        double part[PSGD_MAX_THREADS], s = 0.0;                                           \
+        if (nt > 1) {                                                                     \
+            _Pragma("omp parallel for num_threads(nt) schedule(static, 1)")               \
+            for (int t = 0; t < nt; t++) {                                                \
+                Py_ssize_t lo, hi;                                                        \
+                psgd_split(n, nt, t, &lo, &hi);                                           \
+                part[t] = psgd_sumsq_lanes_##SFX(x + lo, hi - lo);                        \
+            }                                                                             \
+            for (int t = 0; t < nt; t++)                                                  \
+                s += part[t];                                                             \
+        } else                                                                            \
+            s = psgd_sumsq_lanes_##SFX(x, n);                                             \
         if (s <= DBL_MAX) {                  /* finite (NaN compares false) */            \
             double delta = s * ((double)n * 0x1p-51);                                     \
             float lo = psgd_ceil_f32(sqrt(s - delta)), hi = psgd_ceil_f32(sqrt(s + delta)); \

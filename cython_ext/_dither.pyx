@@ -12,11 +12,14 @@ coordinates per trit byte and decode trits through a 243-entry table.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.math cimport sqrt, nextafterf, INFINITY
 from libc.string cimport memcpy, memset
+from cython.parallel cimport prange
 
 import numpy as np
 
 from _common cimport (GAMMA, psgd_store_f32le, psgd_load_u32le, psgd_u32_as_f32, psgd_cpu_has_v4,
-                     psgd_set_use_v4, real_in, real_out, _nblocks, isa_variants, use_isa, fill_trits)
+                     psgd_set_use_v4, real_in, real_out, _nblocks, isa_variants, use_isa, fill_trits,
+                     psgd_threads_for, psgd_split, psgd_team_size, MAX_THREADS, openmp_info,
+                     set_threads)
 # the decoders' error codes: the one table, psgd/kernels_ref/errors.py (via _errors.h)
 from _common cimport C_ERR_OK, C_ERR_SCALE, C_ERR_TRIT, C_ERR_LEVEL, C_ERR_SIGN, C_ERR_PADDING
 
@@ -35,8 +38,8 @@ cdef extern from "_dither.h":
                          double *out) noexcept nogil
     void psgd_absmax_f32(const float *x, Py_ssize_t n, double *r) noexcept nogil
     void psgd_absmax_f64(const double *x, Py_ssize_t n, double *r) noexcept nogil
-    float psgd_scale2_f32(const float *x, Py_ssize_t n) noexcept nogil
-    float psgd_scale2_f64(const double *x, Py_ssize_t n) noexcept nogil
+    float psgd_scale2_f32(const float *x, Py_ssize_t n, int nt) noexcept nogil
+    float psgd_scale2_f64(const double *x, Py_ssize_t n, int nt) noexcept nogil
 
 psgd_set_use_v4(psgd_cpu_has_v4())
 
@@ -49,6 +52,21 @@ def _isa_variants():
 def _use_isa(name):
     """Select a quantizer build from :func:`_isa_variants` (tests compare each with the twin)."""
     use_isa(name)
+
+
+def _openmp_info():
+    """{"openmp": built with OpenMP, "omp_max_threads": ..., "max_threads": ...}."""
+    return openmp_info()
+
+
+def _set_threads(int n, Py_ssize_t min_size):
+    """Run the kernels below on n threads for d >= min_size (psgd.kernels.set_threads)."""
+    set_threads(n, min_size)
+
+
+def _team_size(int n):
+    """The threads an OpenMP region asking for n gets: 1 in a build without OpenMP."""
+    return psgd_team_size(n)
 
 
 # Must equal the constants of the twin in psgd/kernels_ref/ (tests/test_kernels.py checks).
@@ -107,27 +125,48 @@ def block_scales(const real_in[::1] x, Py_ssize_t block_size, int norm_code):
     cdef Py_ssize_t nb = _nblocks(d, block_size)
     result = np.empty(nb, dtype=np.float32)
     cdef float[::1] out = result
-    cdef Py_ssize_t blk, j, start, end
-    cdef double acc, a
-    cdef float f
+    cdef int nt, t
+    cdef Py_ssize_t lo, hi
     if d == 0:
         return result
     with nogil:
-        for blk in range(nb):
-            start = blk * block_size
-            end = start + block_size if d - start > block_size else d
-            if norm_code == C_NORM_2:       # the sequential float64 sum's result (see C)
-                if real_in is float:
-                    f = psgd_scale2_f32(&x[0] + start, end - start)
-                else:
-                    f = psgd_scale2_f64(&x[0] + start, end - start)
-            else:
-                _absmax(&x[0] + start, end - start, &acc)
-                f = <float>acc
-                if <double>f < acc:          # round up so that |x_j| <= t32
-                    f = nextafterf(f, INFINITY)
-            out[blk] = f
+        nt = psgd_threads_for(d, nb)
+        if nt > 1:                          # whole blocks per thread, each as on one thread
+            for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+                _block_scales_range(&x[0], d, block_size, norm_code, t, nt, &out[0])
+        elif nb == 1 and norm_code == C_NORM_2:
+            # one block (the default): its sum on the threads (psgd_scale2, same bytes)
+            out[0] = _scale2(&x[0], d, psgd_threads_for(d, d // 4096))
+        else:
+            _block_scales_range(&x[0], d, block_size, norm_code, 0, 1, &out[0])
     return result
+
+
+cdef inline float _scale2(const real_in* x, Py_ssize_t n, int nt) noexcept nogil:
+    if real_in is float:
+        return psgd_scale2_f32(x, n, nt)
+    else:
+        return psgd_scale2_f64(x, n, nt)
+
+
+cdef void _block_scales_range(const real_in* x, Py_ssize_t d, Py_ssize_t block_size, int norm_code,
+                              int t, int nt, float* out) noexcept nogil:
+    """The scales of part t of nt of the blocks."""
+    cdef Py_ssize_t blk, b0, b1, start, end
+    cdef double acc
+    cdef float f
+    psgd_split(_nblocks(d, block_size), nt, t, &b0, &b1)
+    for blk in range(b0, b1):
+        start = blk * block_size
+        end = start + block_size if d - start > block_size else d
+        if norm_code == C_NORM_2:           # the sequential float64 sum's result (see C)
+            f = _scale2(x + start, end - start, 1)
+        else:
+            _absmax(x + start, end - start, &acc)
+            f = <float>acc
+            if <double>f < acc:              # round up so that |x_j| <= t32
+                f = nextafterf(f, INFINITY)
+        out[blk] = f
 
 
 # ------------------------------------------------------------------ encode
@@ -148,31 +187,34 @@ cdef inline void _codes(const real_in* x, Py_ssize_t n, double t, uint32_t s, ui
 
 
 cdef void _encode_trits(const real_in* x, Py_ssize_t d, const float* scales, Py_ssize_t bs,
-                        uint64_t seed, uint8_t* out) noexcept nogil:
-    # Quantize chunk by chunk into tr (a chunk never crosses a block), pack whenever
-    # tr holds CHUNK trits; a trit byte may straddle two blocks.
+                        uint64_t seed, uint8_t* out, Py_ssize_t k0, Py_ssize_t k1) noexcept nogil:
+    # Chunks k0..k1-1 of CHUNK trits (a multiple of 5: chunk k is bytes k*CHUNK/5 on, so
+    # chunks are independent and threads can take ranges of them). A chunk is quantized
+    # block segment by block segment into tr, then packed; a trit byte may straddle two
+    # blocks. Padding trits past d are 0.
     cdef uint8_t tr[CHUNK]
-    cdef Py_ssize_t nb = _nblocks(d, bs), blk, j = 0, end, n, f = 0, p = 0
+    cdef Py_ssize_t k, c0, n, j, e, blk, block_end
     cdef double t
-    for blk in range(nb):
-        end = j + bs if d - j > bs else d
-        t = scales[blk]
-        if t == 0.0:
-            t = INFINITY                   # |x|/inf = 0: every trit of the block is 0
-        while j < end:
-            n = CHUNK - f if end - j > CHUNK - f else end - j
-            _trits(x + j, n, t, seed + <uint64_t>j * GAMMA, tr + f)
-            j += n
-            f += n
-            if f == CHUNK:
-                _pack5(tr, CHUNK // 5, out + p)
-                p += CHUNK // 5
-                f = 0
-    if f:
-        while f % 5:                       # padding trits are 0
-            tr[f] = 0
-            f += 1
-        _pack5(tr, f // 5, out + p)
+    for k in range(k0, k1):
+        c0 = k * CHUNK
+        n = CHUNK if d - c0 > CHUNK else d - c0
+        blk = c0 // bs
+        block_end = (blk + 1) * bs if d - blk * bs > bs else d
+        j = c0
+        while j < c0 + n:
+            if j == block_end:
+                blk += 1
+                block_end = block_end + bs if d - block_end > bs else d
+            e = block_end if block_end < c0 + n else c0 + n
+            t = scales[blk]
+            if t == 0.0:
+                t = INFINITY               # |x|/inf = 0: every trit of the block is 0
+            _trits(x + j, e - j, t, seed + <uint64_t>j * GAMMA, tr + (j - c0))
+            j = e
+        while n % 5:
+            tr[n] = 0
+            n += 1
+        _pack5(tr, n // 5, out + c0 // 5)
 
 
 cdef inline void _pack5(const uint8_t* tr, Py_ssize_t nbytes, uint8_t* out) noexcept nogil:
@@ -182,18 +224,21 @@ cdef inline void _pack5(const uint8_t* tr, Py_ssize_t nbytes, uint8_t* out) noex
 
 
 cdef void _encode_bits(const real_in* x, Py_ssize_t d, const float* scales, Py_ssize_t bs,
-                       Py_ssize_t levels, uint64_t seed, uint8_t* out) noexcept nogil:
-    # Chunks of CHUNK codes (a multiple of 8, so each starts on a byte boundary) are
-    # quantized block segment by block segment, then packed into stage and copied out.
+                       Py_ssize_t levels, uint64_t seed, uint8_t* out,
+                       Py_ssize_t k0, Py_ssize_t k1) noexcept nogil:
+    # Chunks k0..k1-1 of CHUNK codes (a multiple of 8: chunk k is whole bytes from
+    # k*CHUNK/8*b on, so chunks are independent) are quantized block segment by block
+    # segment, then packed into stage and copied out (pack's slack bytes stay in stage).
     cdef uint32_t codes[CHUNK]
     cdef uint8_t stage[CHUNK * 4 + 8]
     cdef int b = <int>_symbol_bits(levels)
-    cdef Py_ssize_t c0, n, j, e, blk = 0, block_end = bs if bs < d else d
+    cdef Py_ssize_t k, c0, n, j, e, blk, block_end
     cdef double t
-    c0 = -CHUNK
-    while c0 + CHUNK < d:                    # chunks of CHUNK codes
-        c0 += CHUNK
+    for k in range(k0, k1):
+        c0 = k * CHUNK
         n = CHUNK if d - c0 > CHUNK else d - c0
+        blk = c0 // bs
+        block_end = (blk + 1) * bs if d - blk * bs > bs else d
         j = c0
         while j < c0 + n:
             if j == block_end:
@@ -209,12 +254,25 @@ cdef void _encode_bits(const real_in* x, Py_ssize_t d, const float* scales, Py_s
         memcpy(out + c0 // 8 * b, stage, psgd_pack(codes, n, b, stage))
 
 
+cdef void _encode_part(const real_in* x, Py_ssize_t d, const float* scales, Py_ssize_t bs,
+                       Py_ssize_t levels, uint64_t seed, uint8_t* out, int t, int nt) noexcept nogil:
+    """Part t of nt of the chunks. The random numbers are counter-based (coordinate j's is
+    mix(seed + (j+1) GAMMA)), so a part needs no draws of the parts before it."""
+    cdef Py_ssize_t k0, k1
+    psgd_split(_nblocks(d, CHUNK), nt, t, &k0, &k1)
+    if levels == 1:
+        _encode_trits(x, d, scales, bs, seed, out, k0, k1)
+    else:
+        _encode_bits(x, d, scales, bs, levels, seed, out, k0, k1)
+
+
 def dither_encode(const real_in[::1] x, const float[::1] scales, Py_ssize_t block_size,
                   Py_ssize_t levels, uint64_t seed, uint8_t[::1] out):
     """Quantize x with the given block scales and write the whole payload into ``out``."""
     cdef Py_ssize_t d = x.shape[0]
     _check_common(d, block_size, levels)
     cdef Py_ssize_t nb = _nblocks(d, block_size), i
+    cdef int nt, t
     if scales.shape[0] != nb or out.shape[0] != 4 * nb + _symbols_nbytes(d, levels):
         raise ValueError("dither_encode: scales or out has the wrong length")
     for i in range(nb):
@@ -225,10 +283,12 @@ def dither_encode(const real_in[::1] x, const float[::1] scales, Py_ssize_t bloc
     with nogil:
         for i in range(nb):
             psgd_store_f32le(&out[4 * i], scales[i] + <float>0.0)  # -0.0 -> +0.0
-        if levels == 1:
-            _encode_trits(&x[0], d, &scales[0], block_size, seed, &out[4 * nb])
+        nt = psgd_threads_for(d, _nblocks(d, CHUNK))
+        if nt == 1:
+            _encode_part(&x[0], d, &scales[0], block_size, levels, seed, &out[4 * nb], 0, 1)
         else:
-            _encode_bits(&x[0], d, &scales[0], block_size, levels, seed, &out[4 * nb])
+            for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+                _encode_part(&x[0], d, &scales[0], block_size, levels, seed, &out[4 * nb], t, nt)
 
 
 # ------------------------------------------------------------------ decode
@@ -258,15 +318,17 @@ cdef Py_ssize_t _check_trits(const uint8_t* sym, Py_ssize_t n, Py_ssize_t d, int
 
 
 cdef void _add_trits(const uint8_t* sym, Py_ssize_t d, const float* scales, Py_ssize_t bs,
-                     double w, real_out* out) noexcept nogil:
-    cdef Py_ssize_t nb = _nblocks(d, bs), blk, j = 0, end, p = 0
+                     double w, real_out* out, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    # coordinates j0..j1-1, j0 a multiple of 5 (a whole trit byte: threads take ranges)
+    cdef Py_ssize_t blk = j0 // bs, j = j0, end, p = j0 // 5
     cdef int m = 0                           # j % 5
     cdef real_out vals[3]
     cdef const uint8_t* q
     cdef double t
-    for blk in range(nb):
-        end = j + bs if d - j > bs else d
+    while j < j1:
+        end = (blk + 1) * bs if j1 - blk * bs > bs else j1
         t = <double>scales[blk]
+        blk += 1
         # weight * (sign * (t * level / s)) for level 0, +1, -1 (s = 1), as the twin rounds it
         vals[0] = <real_out>(w * (t * 0.0))
         vals[1] = <real_out>(w * t)
@@ -297,14 +359,14 @@ cdef void _add_trits(const uint8_t* sym, Py_ssize_t d, const float* scales, Py_s
 
 
 cdef Py_ssize_t _check_bits(const uint8_t* sym, Py_ssize_t nsym, Py_ssize_t d, Py_ssize_t levels,
-                            int* code) noexcept nogil:
+                            int* code, Py_ssize_t k0, Py_ssize_t k1) noexcept nogil:
+    # the codes of chunks k0..k1-1: the first bad one (its index, *code set) or -1
     cdef uint32_t codes[CHUNK]
     cdef int b = <int>_symbol_bits(levels)
     cdef uint32_t s = <uint32_t>levels, bad, c
-    cdef Py_ssize_t c0, n, k, off
-    c0 = -CHUNK
-    while c0 + CHUNK < d:                    # chunks of CHUNK codes
-        c0 += CHUNK
+    cdef Py_ssize_t c0, n, k, off, kc
+    for kc in range(k0, k1):
+        c0 = kc * CHUNK
         n = CHUNK if d - c0 > CHUNK else d - c0
         off = c0 // 8 * b
         psgd_unpack(sym + off, nsym - off, n, b, codes)
@@ -320,6 +382,12 @@ cdef Py_ssize_t _check_bits(const uint8_t* sym, Py_ssize_t nsym, Py_ssize_t d, P
                 if c == 1:                   # level 0 with sign bit 1
                     code[0] = C_ERR_SIGN
                     return c0 + k
+    return -1
+
+
+cdef Py_ssize_t _check_padding_bits(const uint8_t* sym, Py_ssize_t nsym, Py_ssize_t d,
+                                    Py_ssize_t levels, int* code) noexcept nogil:
+    cdef Py_ssize_t b = _symbol_bits(levels)
     if (d * b) % 8 and (sym[nsym - 1] >> ((d * b) % 8)) != 0:
         code[0] = C_ERR_PADDING
         return nsym - 1
@@ -335,19 +403,22 @@ cdef inline void _values(const uint32_t* c, Py_ssize_t n, double t, double s, do
 
 
 cdef void _add_bits(const uint8_t* sym, Py_ssize_t nsym, Py_ssize_t d, const float* scales,
-                    Py_ssize_t bs, Py_ssize_t levels, double w, real_out* out) noexcept nogil:
+                    Py_ssize_t bs, Py_ssize_t levels, double w, real_out* out,
+                    Py_ssize_t k0, Py_ssize_t k1) noexcept nogil:
+    # chunks k0..k1-1 of CHUNK codes (each starts on a byte: threads take ranges of them)
     cdef uint32_t codes[CHUNK]
     cdef int b = <int>_symbol_bits(levels)
-    cdef Py_ssize_t c0, n, j, e, off, k, blk = 0, block_end = bs if bs < d else d
+    cdef Py_ssize_t c0, n, j, e, off, k, kc
+    cdef Py_ssize_t blk = k0 * CHUNK // bs
+    cdef Py_ssize_t block_end = (blk + 1) * bs if d - blk * bs > bs else d
     # Few codes (b <= 8) and long blocks: the 2^b values of a block, each computed exactly as
     # _values does (a division per coordinate otherwise), then one table lookup per code.
     cdef bint use_table = b <= 8 and bs >= (<Py_ssize_t>4 << b)
     cdef real_out table[256]
     cdef Py_ssize_t table_blk = -1
     cdef double t, v
-    c0 = -CHUNK
-    while c0 + CHUNK < d:                    # chunks of CHUNK codes
-        c0 += CHUNK
+    for kc in range(k0, k1):
+        c0 = kc * CHUNK
         n = CHUNK if d - c0 > CHUNK else d - c0
         off = c0 // 8 * b
         psgd_unpack(sym + off, nsym - off, n, b, codes)
@@ -388,6 +459,9 @@ def dither_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block
     cdef int code = C_ERR_OK
     cdef Py_ssize_t where = -1
     cdef const uint8_t* sym = &payload[4 * nb]
+    cdef int nt, t
+    cdef int codes_t[MAX_THREADS]
+    cdef Py_ssize_t wheres_t[MAX_THREADS]
     with nogil:
         for i in range(nb):
             u = psgd_load_u32le(&payload[4 * i])
@@ -396,14 +470,48 @@ def dither_decode_add(const uint8_t[::1] payload, Py_ssize_t d, Py_ssize_t block
                 where = i
                 break
             scales[i] = psgd_u32_as_f32(u)
+        nt = psgd_threads_for(d, _nblocks(d, CHUNK))
         if code == C_ERR_OK:
             if levels == 1:
                 where = _check_trits(sym, n, d, &code)
+            elif nt == 1:
+                where = _check_bits(sym, n, d, levels, &code, 0, _nblocks(d, CHUNK))
             else:
-                where = _check_bits(sym, n, d, levels, &code)
+                # each part finds its first bad code; the first part with one reports it
+                for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+                    _check_bits_part(sym, n, d, levels, t, nt, codes_t, wheres_t)
+                for i in range(nt):
+                    if codes_t[i] != C_ERR_OK:
+                        code = codes_t[i]
+                        where = wheres_t[i]
+                        break
+            if code == C_ERR_OK and levels > 1:
+                where = _check_padding_bits(sym, n, d, levels, &code)
         if code == C_ERR_OK:                   # only a fully valid payload touches out
-            if levels == 1:
-                _add_trits(sym, d, &scales[0], block_size, weight, &out[0])
+            if nt == 1:
+                _add_part(sym, n, d, &scales[0], block_size, levels, weight, &out[0], 0, 1)
             else:
-                _add_bits(sym, n, d, &scales[0], block_size, levels, weight, &out[0])
+                for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+                    _add_part(sym, n, d, &scales[0], block_size, levels, weight, &out[0], t, nt)
     return code, where
+
+
+cdef void _check_bits_part(const uint8_t* sym, Py_ssize_t nsym, Py_ssize_t d, Py_ssize_t levels,
+                           int t, int nt, int* codes_t, Py_ssize_t* wheres_t) noexcept nogil:
+    cdef Py_ssize_t k0, k1
+    psgd_split(_nblocks(d, CHUNK), nt, t, &k0, &k1)
+    codes_t[t] = C_ERR_OK
+    wheres_t[t] = _check_bits(sym, nsym, d, levels, &codes_t[t], k0, k1)
+
+
+cdef void _add_part(const uint8_t* sym, Py_ssize_t nsym, Py_ssize_t d, const float* scales,
+                    Py_ssize_t bs, Py_ssize_t levels, double w, real_out* out,
+                    int t, int nt) noexcept nogil:
+    """out += w * decoded on part t of nt of the chunks (each out[j] is its own sum: the
+    same on any number of threads)."""
+    cdef Py_ssize_t k0, k1
+    psgd_split(_nblocks(d, CHUNK), nt, t, &k0, &k1)
+    if levels == 1:
+        _add_trits(sym, d, scales, bs, w, out, k0 * CHUNK, k1 * CHUNK if k1 * CHUNK < d else d)
+    else:
+        _add_bits(sym, nsym, d, scales, bs, levels, w, out, k0, k1)

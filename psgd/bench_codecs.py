@@ -56,6 +56,9 @@ def _parser():
     p.add_argument("--budget", type=float, default=BUDGET_S, metavar="SECONDS",
                    help="skip default examples whose encode is predicted to take longer "
                         f"(default {BUDGET_S:g})")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="also measure the kernels on N threads (PSGD_THREADS) and print "
+                        "their throughput against 1 thread and against copy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="FILE", help="write the rows here")
     return p
@@ -139,7 +142,8 @@ def _theory(c, d):
         return ("omega" if c.unbiased else "delta", float("nan"))
 
 
-def measure(cfg: dict, x: np.ndarray, repeats: int, clock: str, twins: bool, seed: int) -> dict:
+def measure(cfg: dict, x: np.ndarray, repeats: int, clock: str, twins: bool, seed: int,
+            threads: int = 1) -> dict:
     """One row: throughput of the compiled kernels and the twins, bits, error (see module doc)."""
     from . import kernels
     from .compressors import get_compressor
@@ -159,7 +163,8 @@ def measure(cfg: dict, x: np.ndarray, repeats: int, clock: str, twins: bool, see
         dec()                                 # warm up (and check it decodes)
         return buf, gb / _median_time(enc, repeats, clock), gb / _median_time(dec, repeats, clock)
 
-    buf, enc_gbs, dec_gbs = run()
+    with kernels.threads(1):
+        buf, enc_gbs, dec_gbs = run()
     y = c.decode(buf, key=key, d=d)
     x64 = x.astype(np.float64)
     err = float(((y - x64) ** 2).sum() / (x64 @ x64))
@@ -167,6 +172,11 @@ def measure(cfg: dict, x: np.ndarray, repeats: int, clock: str, twins: bool, see
     row = {"compressor": cfg["name"], "params": {k: v for k, v in cfg.items() if k != "name"},
            "bits_per_coord": 8.0 * len(buf) / d, "err": err, "kind": kind, "theory": theo,
            "encode_gbs": enc_gbs, "decode_add_gbs": dec_gbs}
+    if threads > 1:
+        with kernels.threads(threads):
+            pbuf, penc, pdec = run()
+        row.update(threads=threads, threaded_encode_gbs=penc, threaded_decode_add_gbs=pdec,
+                   threaded_same_bytes=bool(pbuf.tobytes() == buf.tobytes()))
     if twins:
         with kernels.use_twins():
             tbuf, tenc, tdec = run()
@@ -202,6 +212,16 @@ def table(rows: list[dict], d: int, copy: float, repeats: int, clock: str, compi
             f"{r['encode_gbs'] / r['twin_encode_gbs']:.1f}" if tw else "-",
             f"{r['decode_add_gbs'] / r['twin_decode_add_gbs']:.1f}" if tw else "-",
             ("yes" if r["twin_same_bytes"] else "NO") if tw else "-"])
+        if "threads" in r:                  # --threads N: the threaded run beside it
+            lines[-1] += [f"{r['threaded_encode_gbs'] / copy:.3f}",
+                          f"{r['threaded_decode_add_gbs'] / copy:.3f}",
+                          f"{r['threaded_encode_gbs'] / r['encode_gbs']:.2f}",
+                          f"{r['threaded_decode_add_gbs'] / r['decode_add_gbs']:.2f}",
+                          "yes" if r["threaded_same_bytes"] else "NO"]
+    if any("threads" in r for r in rows):
+        n = next(r["threads"] for r in rows if "threads" in r)
+        head += [f"enc{n}t/copy", f"dec{n}t/copy", f"enc {n}t/1t", f"dec {n}t/1t", f"same{n}t"]
+        lines = [l + ["-"] * (len(head) - len(l)) for l in lines]
     widths = [max(len(h), *(len(str(l[i])) for l in lines)) if lines else len(h)
               for i, h in enumerate(head)]
     out = [f"# psgd bench codecs: d={d}, float32 input, median of {repeats} ({clock} clock); "
@@ -218,8 +238,13 @@ def table(rows: list[dict], d: int, copy: float, repeats: int, clock: str, compi
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    if args.dim < 1 or args.repeats < 1:
-        print("psgd bench codecs: error: --dim and --repeats must be >= 1", file=sys.stderr)
+    if args.dim < 1 or args.repeats < 1 or args.threads < 1:
+        print("psgd bench codecs: error: --dim, --repeats and --threads must be >= 1",
+              file=sys.stderr)
+        return 2
+    if args.threads > 1 and args.clock == "cpu":
+        # thread_time counts the calling thread only: the other threads' work would be free
+        print("psgd bench codecs: error: --threads needs --clock wall", file=sys.stderr)
         return 2
     from . import kernels
     from .errors import PsgdError
@@ -242,7 +267,8 @@ def main(argv=None) -> int:
                                           f"d={args.dim} (--budget {args.budget:g}); name it "
                                           "with --compressors to run it"})
                     continue
-            row = measure(cfg, x, args.repeats, args.clock, not args.no_twins, args.seed)
+            row = measure(cfg, x, args.repeats, args.clock, not args.no_twins, args.seed,
+                          args.threads)
         except PsgdError as exc:
             if args.compressors is not None:
                 print(f"psgd bench codecs: error: {exc}", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import warnings
 
 from . import kernels_ref
@@ -85,3 +86,70 @@ def use_twins():
         yield
     finally:
         g.update(saved)
+
+
+# ---- threads (issue 11): the compiled modules with OpenMP loops, and their settings
+#: modules whose kernels split large vectors over threads (random dithering so far)
+THREADED_MODULES = ("_dither",)
+#: below this many coordinates a kernel stays on one thread: starting a parallel region
+#: costs ~10-50 us, which pays only above ~10^5-10^6 coordinates on a shared 2-core node
+#: (measured with ``psgd bench codecs --threads``; see README)
+PARALLEL_MIN_SIZE = 1 << 18
+MAX_THREADS = 1024
+
+
+def threads_from_env(environ=None) -> int:
+    """The thread count of PSGD_THREADS: unset or empty means 1 (single-threaded, as before).
+
+    OMP_NUM_THREADS is deliberately not a fallback: schedulers and BLAS setups set it for
+    other reasons, and psgd's MPI ranks often share a node, so threads start only when asked.
+    """
+    from .errors import ConfigError
+    text = (os.environ if environ is None else environ).get("PSGD_THREADS", "").strip()
+    if not text:
+        return 1
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_THREADS:
+        raise ConfigError(f"PSGD_THREADS must be an integer from 1 (single-threaded) to "
+                          f"{MAX_THREADS}, got {text!r}")
+    return n
+
+
+def set_threads(n: int, min_size: int = PARALLEL_MIN_SIZE) -> None:
+    """Run the threaded kernels on n threads for vectors of >= min_size coordinates.
+
+    Results are the same bytes for every n; n = 1 never starts a thread. A no-op for the
+    twins and in a build without OpenMP.
+    """
+    if not 1 <= n <= MAX_THREADS or min_size < 0:
+        raise ValueError(f"threads must be in [1, {MAX_THREADS}] and min_size >= 0, "
+                         f"got {n}, {min_size}")
+    global THREADS, MIN_SIZE
+    for module in THREADED_MODULES:
+        if _compiled[module]:
+            importlib.import_module(f"psgd.{module}")._set_threads(n, min_size)
+    THREADS, MIN_SIZE = n, min_size
+
+
+@contextlib.contextmanager
+def threads(n: int, min_size: int = PARALLEL_MIN_SIZE):
+    """Run the block with :func:`set_threads` (n, min_size); restore the settings on exit."""
+    saved = (THREADS, MIN_SIZE)
+    set_threads(n, min_size)
+    try:
+        yield
+    finally:
+        set_threads(*saved)
+
+
+def openmp_available() -> bool:
+    """Whether the threaded modules were compiled with OpenMP (else threads do nothing)."""
+    return all(_compiled[m] and importlib.import_module(f"psgd.{m}")._openmp_info()["openmp"]
+               for m in THREADED_MODULES)
+
+
+THREADS, MIN_SIZE = 1, PARALLEL_MIN_SIZE
+set_threads(threads_from_env())
