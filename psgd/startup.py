@@ -42,10 +42,15 @@ def rank_from_env() -> str:
     return "?"
 
 
+#: a process older than this when psgd starts ran other code first (a user's script, a
+#: notebook): its deadlines count from now, as they would without a start time
+MAX_STARTUP_AGE_S = 120.0
+
+
 def started_at() -> float:
     """When the launcher started this process, on the time.monotonic() clock: the kernel
     records a process's start in clock ticks since boot (/proc/self/stat, field 22). Where
-    that cannot be read, now."""
+    that cannot be read, or is more than MAX_STARTUP_AGE_S ago, now."""
     now = time.monotonic()
     try:
         with open("/proc/self/stat") as f:
@@ -54,7 +59,7 @@ def started_at() -> float:
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - start
     except (OSError, ValueError, IndexError, AttributeError):
         return now
-    return now - min(max(age, 0.0), 3600.0)  # (clamped: a clock oddity must not end a run)
+    return now - age if 0.0 <= age <= MAX_STARTUP_AGE_S else now
 
 
 def deadline_s(rank, timeout_s: float) -> float:
