@@ -126,12 +126,13 @@ def test_set_threads_rejects_bad_counts():
     assert kernels.THREADS == 1              # the default stays: single-threaded
 
 
-def test_bad_env_is_one_line_from_the_cli():
+def test_bad_env_is_one_line_from_the_cli(tmp_path):
     import os
     import sys
     env = dict(os.environ, PSGD_THREADS="lots")
+    # cwd away from the checkout: there `-m psgd` would import the uncompiled source tree
     proc = subprocess.run([sys.executable, "-m", "psgd", "bench", "codecs", "--dim", "10"],
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "PSGD_THREADS" in lines[0] and "'lots'" in lines[0], proc.stderr
