@@ -10,6 +10,8 @@ Config section ``data`` (see :data:`DATA_SPEC`, checked by :func:`check_data_con
     n_features: libsvm: null = the largest index in the file; synthetic: default 50
     n_samples:  synthetic only, default 1000
     noise:      synthetic only, default 0.0 (std of the Gaussian noise, see :func:`synthetic`)
+    condition:  synthetic only, default 1.0 (condition number of the feature covariance: its
+                eigenvalues log-spaced in [1/condition, 1] in a random basis; 1 = isotropic)
     partition:  contiguous | shuffled           (default contiguous; see :func:`partition`)
 
 The LIBSVM reader is :mod:`psgd.libsvm` (its names are re-exported here).
@@ -47,11 +49,16 @@ DATA_SPEC = {
     # synthetic data are a dense m x d float64 array on every rank: 10^9 entries is 8 GB
     "n_samples": Nullable(Int(1, 10**8), doc=f"synthetic only; default {SYNTHETIC_N_SAMPLES}"),
     "noise": Nullable(Real(0, 1e6), doc="synthetic only; std of the Gaussian noise; default 0.0"),
+    # real features are correlated and badly scaled, Gaussian ones are not: this lets a synthetic
+    # stand-in need as many iterations as the real data set it replaces
+    "condition": Nullable(Real(1, 1e12), doc="synthetic only; condition number of the feature "
+                                             "covariance (eigenvalues log-spaced in "
+                                             "[1/condition, 1], random basis); default 1.0"),
     "partition": Choice("contiguous", "shuffled", default="contiguous",
                         doc="how samples are split over workers"),
 }
 
-_SYNTHETIC_ONLY = ("n_samples", "noise")
+_SYNTHETIC_ONLY = ("n_samples", "noise", "condition")
 
 #: the fixed data sets for the networks: source -> (samples, the shape of one sample)
 BUNDLED = {"digits": (1797, (8, 8)), "mnist1d": (5000, (40,))}
@@ -92,6 +99,8 @@ def check_data_config(cfg) -> dict:
             out["n_features"] = SYNTHETIC_N_FEATURES
         if out["noise"] is None:
             out["noise"] = 0.0
+        if out["condition"] is None:
+            out["condition"] = 1.0
     return out
 
 
@@ -148,6 +157,7 @@ STREAM_SYNTHETIC = 1   # synthetic samples and labels
 STREAM_SHUFFLE = 2     # the shuffled partition of samples over workers
 STREAM_CENTERS = 3     # quadratic: worker i's center c_i (with i)
 STREAM_ROTATION = 4    # quadratic: the random orthogonal basis
+STREAM_COVARIANCE = 7  # synthetic: the eigenbasis of an ill-conditioned feature covariance
 STREAM_SPLIT = 5       # the networks: the train/test split
 STREAM_INIT = 6        # the networks: the initial weights
 
@@ -156,11 +166,15 @@ def _rng(seed, *stream) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed) % 2**64, *stream]))
 
 
-def synthetic(problem_name: str, n_samples: int, n_features: int, seed: int, noise: float = 0.0):
+def synthetic(problem_name: str, n_samples: int, n_features: int, seed: int, noise: float = 0.0,
+              condition: float = 1.0):
     """A seeded planted-model data set ``(A, b)``; ``A`` is a dense (m, d) float64 array.
 
-    Rows of ``A`` are i.i.d. N(0, I_d); the planted model is ``x_true ~ N(0, I_d / d)`` (so
-    ``A @ x_true`` has unit variance per sample).
+    Rows of ``A`` are i.i.d. N(0, C) with ``C = I_d`` when ``condition`` is 1; otherwise
+    ``C = Q diag(c) Q^T`` with eigenvalues ``c`` log-spaced from 1 down to ``1 / condition`` and
+    ``Q`` a Haar-random orthogonal basis (stream :data:`STREAM_COVARIANCE`, so the isotropic data
+    are unchanged). The planted model is ``x_true ~ N(0, I_d / d)``, rescaled by
+    ``sqrt(d / trace C)`` so ``A @ x_true`` has unit variance per sample either way.
 
     * ``logistic``: ``b = sign(A x_true + noise * N(0, 1))`` in {-1, +1}, then each label is flipped
       with probability :data:`SYNTHETIC_LABEL_FLIP` (0.1) so the data are not separable and the
@@ -176,6 +190,12 @@ def synthetic(problem_name: str, n_samples: int, n_features: int, seed: int, noi
     rng = _rng(seed, STREAM_SYNTHETIC)
     A = rng.standard_normal((m, d))
     x_true = rng.standard_normal(d) / np.sqrt(d)
+    if condition != 1.0:
+        c = np.asarray(condition, float) ** -np.linspace(0.0, 1.0, d)
+        q, r = np.linalg.qr(_rng(seed, STREAM_COVARIANCE).standard_normal((d, d)))
+        q *= np.sign(np.diag(r))  # sign fix: Q is Haar-distributed
+        A = (A * np.sqrt(c)) @ q.T
+        x_true *= np.sqrt(d / c.sum())
     z = A @ x_true
     eps = rng.standard_normal(m)
     if problem_name == "least_squares":

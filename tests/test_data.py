@@ -29,7 +29,7 @@ def write(tmp_path, content: bytes, name="f.svm"):
 def test_defaults_synthetic():
     cfg = data.check_data_config({})
     assert cfg == {"source": "synthetic", "path": None, "n_features": 50, "n_samples": 1000,
-                   "noise": 0.0, "partition": "contiguous"}
+                   "noise": 0.0, "condition": 1.0, "partition": "contiguous"}
     assert data.check_data_config(cfg) == cfg  # resolved configs round-trip
 
 
@@ -43,6 +43,8 @@ def test_libsvm_config_round_trip():
     ({"source": "libsvm"}, "data.path"),
     ({"source": "libsvm", "path": "a9a", "n_samples": 10}, "data.n_samples"),
     ({"source": "libsvm", "path": "a9a", "noise": 0.1}, "data.noise"),
+    ({"source": "libsvm", "path": "a9a", "condition": 10}, "data.condition"),
+    ({"condition": 0.5}, "data.condition"),
     ({"source": "synthetic", "path": "a9a"}, "data.path"),
     ({"source": "csv"}, "data.source"),
     ({"n_samples": 0}, "data.n_samples"),
@@ -230,6 +232,25 @@ def test_synthetic_least_squares_noise():
     assert 0.3 < np.std(b1 - b0) < 0.7
     with pytest.raises(ConfigError):
         data.synthetic("quadratic", 10, 2, 0)
+
+
+def test_synthetic_condition():
+    A0, b0 = data.synthetic("least_squares", 300, 8, seed=1, noise=0.1)
+    A1, b1 = data.synthetic("least_squares", 300, 8, seed=1, noise=0.1, condition=1.0)
+    np.testing.assert_array_equal(A0, A1)  # the isotropic data are what they always were
+    np.testing.assert_array_equal(b0, b1)
+    A, b = data.synthetic("least_squares", 20000, 8, seed=1, noise=0.0, condition=1000.0)
+    eig = np.linalg.eigvalsh(A.T @ A / len(A))
+    np.testing.assert_allclose(eig, 1000.0 ** -np.linspace(1, 0, 8), rtol=0.1)
+    # the planted model keeps unit variance per sample on average over seeds (one seed's x_true
+    # has only d = 8 random components, so its own variance spreads widely)
+    var = [np.var(data.synthetic("least_squares", 2000, 8, seed=s, condition=1000.0)[1])
+           for s in range(40)]
+    assert 0.8 < np.mean(var) < 1.2
+    # the eigenbasis is random, not the coordinate axes
+    assert np.abs(np.corrcoef(A.T) - np.eye(8)).max() > 0.2
+    Al, bl = data.synthetic("logistic", 300, 8, seed=1, noise=0.1, condition=100.0)
+    assert set(np.unique(bl)) == {-1.0, 1.0} and not np.array_equal(Al, A0)
 
 
 @pytest.mark.parametrize("how", ["contiguous", "shuffled"])

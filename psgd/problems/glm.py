@@ -187,9 +187,12 @@ class _DataProblem(Problem):
                 A, labels = _data.read_libsvm(full, data_cfg["n_features"])
                 m, d = A.shape
         else:
+            condition = data_cfg.get("condition", 1.0)
             A, b = _data.synthetic(cls.name, data_cfg["n_samples"], data_cfg["n_features"],
-                                   seed, data_cfg["noise"])
+                                   seed, data_cfg["noise"], condition)
             info = {"dataset": "synthetic", "noise": data_cfg["noise"]}
+            if condition != 1.0:
+                info["condition"] = condition
             m, d = A.shape
         shards = _data.partition(m, n_workers, data_cfg["partition"], seed)
         if sharded:
