@@ -1,5 +1,10 @@
 """Albasyoni, Safaryan, Condat & Richtarik (optimal gradient compression): bytes to 1e-4 for
-spherical compression and sparse dithering against "Basic" and the best top-k (papers.md D.2)."""
+spherical compression and sparse dithering against "Basic" and the best top-k (papers.md D.2).
+
+Every method runs twice over: with its own ``stepsize: theory`` (the rule its guarantee proves,
+which differs between compressors) and through the same step-size search (a grid of multiples
+of 1/L), where each method keeps its cheapest step. The verdict is taken on the search, the
+one comparison that treats every method alike."""
 
 from __future__ import annotations
 
@@ -18,14 +23,31 @@ CLAIM = (
 
 EPS = 1e-4
 
+#: the poster's Basic byte counts at 4 bytes a coordinate: the iterations Basic needs there
+POSTER_BASIC_STEPS = {"ridge": 62e3 / (14 * 4), "logistic": 13.5e3 / (10 * 4)}
+
+# The poster's data sets (bodyfat, breast-cancer) are not in the project's data: synthetic
+# stand-ins of the same shapes, with their features' covariance conditioned (data.condition,
+# l2 near 1/condition) so that Basic needs as many iterations as the poster's byte counts imply
+# (~1100 and ~340). Gaussian features with an identity covariance need 3-4 iterations, and with
+# a handful of iterations no compressor can win back its bits (see the report's why).
 PROBLEMS = {
-    "ridge": ("ridge 252 x 14", ["problem={name: least_squares, l2: 0.01}",
+    "ridge": ("ridge 252 x 14", ["problem={name: least_squares, l2: 0.0004}",
                                  "data={source: synthetic, n_samples: 252, n_features: 14, "
-                                 "noise: 0.1}"], 14, 0.15),
-    "logistic": ("logistic 683 x 10", ["problem={name: logistic, l2: 0.01}",
+                                 "noise: 0.1, condition: 2500}"], 14, 0.15),
+    "logistic": ("logistic 683 x 10", ["problem={name: logistic, l2: 0.0006}",
                                        "data={source: synthetic, n_samples: 683, n_features: "
-                                       "10, noise: 0.1}"], 10, 0.2),
+                                       "10, noise: 0.1, condition: 1600}"], 10, 0.2),
 }
+
+#: the step-size search, the same for every method: gamma = c / L. 1.9 is just below GD's
+#: limit 2/L on a quadratic (its best step 2/(mu+L) ~ 2/L here); L is a global bound, and
+#: logistic's curvature near x* is smaller, so larger steps are searched too. Runs that diverge
+#: count as not reaching eps
+STEPS = (0.5, 1.0, 1.5, 1.9, 2.5, 3.5)
+QUICK_STEPS = (1.9,)
+ITERATIONS, QUICK_ITERATIONS = 6000, 3000
+NEW = ("spherical", "sd-biased", "sd-unbiased")
 
 
 def _variants(quick):
@@ -35,7 +57,8 @@ def _variants(quick):
             v.append(Variant(f"{key}-{name}", f"{label}: {text}", sets + [f"compressor={comp}"],
                              ranks=2))
         add("basic", "Basic (float32)", "{name: identity, dtype: float32}")
-        ks = sorted({1, max(1, d // 4), d // 2}) if quick else range(1, d)
+        # k = d - 1 sends more than the float64 vector (psgd refuses it); k = d is Basic
+        ks = sorted({1, max(1, d // 4), d // 2}) if quick else range(1, d - 1)
         for k in ks:
             add(f"top{k}", f"top-{k}", f"{{name: top_k, k: {k}}}")
         add("spherical", f"spherical alpha {alpha}",
@@ -47,90 +70,174 @@ def _variants(quick):
     return v
 
 
-def _bytes_to(run):
+def _searched(variants, L, steps):
+    """Each variant again at gamma = c / L for every c of the search (L of its problem)."""
+    return {(v.name, c): Variant(f"{v.name}@{c:g}L", f"{v.label}, step {c:g}/L",
+                                 v.sets + [f"algorithm.stepsize={c / L[v.name.split('-')[0]]!r}"],
+                                 ranks=v.ranks)
+            for v in variants for c in steps}
+
+
+def _to_eps(run):
+    """(payload bytes up, steps) at the first logged step with dist2 <= EPS, or (None, None)."""
     for r in run.records:
         if r.get("dist2") is not None and r["dist2"] <= EPS:
             return r["payload_bits_up"] / 8, r["step"]
     return None, None
 
 
+def _gains(R, key):
+    """Reference (the fewer bytes of Basic and the best top-k) and each new compressor's gain."""
+    tops = {nm: m for nm, m in R.items() if nm.startswith(f"{key}-top") and m["bytes"]}
+    best = min(tops, key=lambda nm: tops[nm]["bytes"]) if tops else None
+    refs = [b for b in (R[f"{key}-basic"]["bytes"], tops[best]["bytes"] if best else None) if b]
+    ref = min(refs) if refs else None
+    s = {"best_topk": best, "basic_bytes": R[f"{key}-basic"]["bytes"], "reference_bytes": ref}
+    for new in NEW:
+        b = R[f"{key}-{new}"]["bytes"]
+        s[f"{new}_gain"] = ref / b if (b and ref) else None
+    return s
+
+
 def run(out, quick, jobs, extra=()):
     out.mkdir(parents=True, exist_ok=True)
     cfg = config_path("albasyoni.yaml")
-    common = [f"run.iterations={300 if quick else 1000}"]
+    common = [f"run.iterations={QUICK_ITERATIONS if quick else ITERATIONS}"]
     variants = _variants(quick)
-    runs = run_variants(cfg, variants, out / "runs", jobs, common, extra)
-    result, rows = {"runs": {}}, []
+    theory = run_variants(cfg, variants, out / "runs", jobs, common, extra)
+    L = {key: theory[f"{key}-basic"].summary["L"] for key in PROBLEMS}
+    steps = QUICK_STEPS if quick else STEPS
+    grid = _searched(variants, L, steps)
+    searched = run_variants(cfg, list(grid.values()), out / "runs", jobs, common, extra,
+                            may_diverge=True)
+
+    by = {"theory": {}, "search": {}}
+    same = {c: {} for c in steps}  # every method at one and the same step c/L
     for v in variants:
-        r = runs[v.name]
-        b, steps = _bytes_to(r)
-        result["runs"][v.name] = {"bytes_to_eps": b, "steps_to_eps": steps,
-                                  "stepsize": r.summary["stepsize"],
-                                  "final_dist2": r.series("dist2")[-1],
-                                  "final_subopt": r.series("subopt")[-1]}
-    R = result["runs"]
-    summary = {}
-    for key, (label, _, d, _) in PROBLEMS.items():
-        tops = {nm: m for nm, m in R.items() if nm.startswith(f"{key}-top") and m["bytes_to_eps"]}
-        best = min(tops, key=lambda nm: tops[nm]["bytes_to_eps"]) if tops else None
-        base = R[f"{key}-basic"]["bytes_to_eps"]
-        ref = min(x for x in (base, tops[best]["bytes_to_eps"] if best else None) if x)
-        s = {"best_topk": best, "basic": base, "reference": ref}
-        for new in ("spherical", "sd-biased", "sd-unbiased"):
-            b = R[f"{key}-{new}"]["bytes_to_eps"]
-            s[f"{new}_gain"] = None if not b else ref / b
-        summary[key] = s
-        for nm in [f"{key}-basic", best, f"{key}-spherical", f"{key}-sd-biased",
-                   f"{key}-sd-unbiased"]:
-            if nm is None:
-                continue
-            m = R[nm]
-            rows.append([label, nm.split("-", 1)[1], f"{m['stepsize']:.3g}",
-                         m["steps_to_eps"] or "-", sci(m["bytes_to_eps"]),
-                         _f(ref / m["bytes_to_eps"]) if m["bytes_to_eps"] else "-"])
-    result["summary"] = summary
-    measured = md_table(["problem", "compressor", "step", f"steps to dist2 {EPS:g}",
-                         "payload bytes up to it", "gain over min(Basic, best top-k)"], rows)
-    measured += ("\n\nBytes are the compressor's payload (psgd's 8-byte codec header and 32-byte "
-                 "message envelope left out, as the poster counts only the code). Best top-k is "
-                 "the k with the fewest bytes among those run.")
-    gains = [g for s in summary.values() for k, g in s.items() if k.endswith("_gain")]
+        b, n = _to_eps(theory[v.name])
+        by["theory"][v.name] = {"bytes": b, "steps": n,
+                                "stepsize": theory[v.name].summary["stepsize"]}
+        tried = []
+        for c in steps:
+            r = searched[grid[v.name, c].name]
+            b, n = _to_eps(r)
+            same[c][v.name] = {"bytes": b, "steps": n}
+            if b:
+                tried.append((b, n, c))
+        b, n, c = min(tried) if tried else (None, None, None)
+        by["search"][v.name] = {"bytes": b, "steps": n, "c": c}
+    summary = {how: {key: _gains(R, key) for key in PROBLEMS} for how, R in by.items()}
+    summary["same_step"] = {f"{c:g}/L": {key: _gains(R, key) for key in PROBLEMS}
+                            for c, R in same.items()}
+    result = {"runs": by, "summary": summary, "L": L, "steps": list(steps)}
+
+    rows = []
+    for key, (label, *_rest) in PROBLEMS.items():
+        T, S = by["theory"], by["search"]
+        st, ss = summary["theory"][key], summary["search"][key]
+        names = [f"{key}-basic", *(nm for nm in {st["best_topk"], ss["best_topk"]} if nm),
+                 *(f"{key}-{new}" for new in NEW)]
+        for nm in sorted(set(names), key=names.index):
+            t, s = T[nm], S[nm]
+            rows.append([label, nm.split("-", 1)[1], f"{t['stepsize']:.3g}", t["steps"] or "-",
+                         sci(t["bytes"]), _ratio(st["reference_bytes"], t["bytes"]),
+                         f"{s['c']:g}/L" if s["c"] else "-", s["steps"] or "-",
+                         sci(s["bytes"]), _ratio(ss["reference_bytes"], s["bytes"])])
+    measured = md_table(
+        ["problem", "compressor", "theory step", "steps", "bytes", "gain",
+         "searched step", "steps", "bytes", "gain"], rows)
+    measured += (
+        f"\n\nSteps and bytes to dist2 = ||x - x*||^2/||x0 - x*||^2 <= {EPS:g}; bytes are the "
+        "compressor's payload up (psgd's 8-byte codec header and 32-byte message envelope left "
+        "out, as the poster counts only the code); gain = min(Basic, best top-k) / bytes, in "
+        "the same column group. Theory: each method's `stepsize: theory` of cgd (2/(mu+L) for "
+        "Basic, 2/((mu+L)(1+2 omega)) for the unbiased sparse dithering, 1/L for the "
+        "contractions). Searched: the same grid gamma in {"
+        + ", ".join(f"{c:g}" for c in steps) + "}/L for every method, each keeping its cheapest "
+        "step (L = " + ", ".join(f"{L[k]:.4g} ({k})" for k in PROBLEMS) + "). Best top-k: the "
+        "k with the fewest bytes among those run (k = 1 .. d - 2).")
+
+    gains = [g for s in summary["search"].values() for k, g in s.items() if k.endswith("_gain")]
     ok_fewer = all(g is not None and g > 1 for g in gains)
     ok_5x = all(g is not None and g >= 5 for g in gains)
-    result["checks"] = {"every_new_compressor_fewer_bytes": ok_fewer, "all_5x": ok_5x}
-    wins = [key for key, s in summary.items()
-            if all(g is not None and g > 1 for k, g in s.items() if k.endswith("_gain"))]
-    result["checks"]["problems_where_all_new_win"] = wins
-    verdict = ("reproduced" if ok_5x else "partly (fewer bytes than Basic and top-k, not 5x)"
-               if ok_fewer else f"partly (fewer bytes on {', '.join(wins)} only, not 5x)"
-               if wins else "not reproduced")
-    why = ("Gains over min(Basic, best top-k): " + "; ".join(
-        f"{key}: " + ", ".join(f"{k[:-5]} {_f(g)}x" for k, g in s.items() if k.endswith("_gain"))
-        for key, s in summary.items()) + ". The data are synthetic stand-ins of the poster's "
-        "shapes (bodyfat and breast-cancer are not in the project's data), so the byte counts "
-        "are not the poster's; every run uses `stepsize: theory` of cgd (1/L for the biased "
-        "compressors, the larger 2/(mu+L) for Basic), so the comparison favours Basic. "
-        "Why the gains are smaller than the poster's: Basic reaches 1e-4 here in "
-        + ", ".join(f"{R[k + '-basic']['steps_to_eps']} steps ({k})" for k in PROBLEMS)
-        + ", while the poster's Basic byte counts imply about 62 kB / (14 x 4 B) ~ 1100 (ridge) "
-          "and 13.5 kB / (10 x 4 B) ~ 340 (logistic) iterations: Gaussian synthetic features "
-          "are well conditioned (kappa near 1-2), real Body-Fat / Breast-Cancer features are "
-          "not. With a handful of iterations, a compressor that costs a few more iterations "
-          "(its contraction delta, the steps column) cannot win back its bits per message.")
-    _figure(out, variants, runs)
-    setup = setup_text(cfg, variants, common, 2, "One worker (single node), full gradients.")
+    near_5x = all(g is not None and g >= 4 for g in gains)
+    result["checks"] = {"every_new_compressor_fewer_bytes": ok_fewer, "all_5x": ok_5x,
+                        "all_4x": near_5x}
+    verdict = ("reproduced" if ok_5x else
+               "partly (every new compressor 4-5x below Basic and top-k, not everywhere 5x)"
+               if near_5x else "partly (fewer bytes than Basic and top-k, not 5x)"
+               if ok_fewer else "not reproduced")
+    why = _why(by, summary, steps)
+    _figure(out, variants, searched, grid, by["search"])
+    setup = setup_text(cfg, variants, common, 2,
+                       "One worker (single node), full gradients. Each variant runs once with "
+                       "the base config's `stepsize: theory` (`runs/<name>`) and once per "
+                       "searched step (`runs/<name>@<c>L`, `--set algorithm.stepsize=c/L`).")
     return write_report(out, title=f"albasyoni{' (quick)' if quick else ''}: {PAPER}",
                         claim=CLAIM, setup=setup, measured=measured,
                         figures=[("albasyoni_bytes.png", "||x - x*||^2/||x0 - x*||^2 against "
-                                  "payload bytes up, both problems")],
+                                  "payload bytes up, both problems, each method at its "
+                                  "searched step")],
                         verdict=verdict, why=why, result=result)
+
+
+def _why(by, summary, steps):
+    def gains(per_problem):
+        return "; ".join(f"{key}: " + ", ".join(f"{k[:-5]} {_f(g)}{'x' if g else ''}" for k, g in s.items()
+                                               if k.endswith("_gain"))
+                         for key, s in per_problem.items())
+
+    T, S = by["theory"], by["search"]
+    basic = ", ".join(f"{S[k + '-basic']['steps']} ({k}; the poster's byte counts imply "
+                      f"~{POSTER_BASIC_STEPS[k]:.0f})" for k in PROBLEMS)
+    return (
+        f"Gains over min(Basic, best top-k) with the same step search for every method: "
+        f"{gains(summary['search'])}. With each method's theory step: "
+        f"{gains(summary['theory'])}. With every method at one and the same step: "
+        + " | ".join(f"{c}: {gains(g)}" for c, g in summary["same_step"].items()) + ". "
+        "The data are synthetic stand-ins of the poster's shapes (bodyfat and breast-cancer are "
+        "not in the project's data), conditioned so that Basic needs about the iterations the "
+        f"poster's byte counts imply: Basic reaches {EPS:g} in {basic} steps. That is the "
+        "reason found for the gap of the earlier, isotropic stand-ins (Gaussian features with "
+        "an identity covariance, kappa near 1-2): there Basic needed 3-4 iterations, and "
+        "a compressor that costs a few more iterations (its contraction delta or variance "
+        "omega) cannot win back its bits in so few; the gains then were ridge 2.3-3.9x, "
+        "logistic 0.55-1.3x. The step rule matters as much: the theory rules differ by "
+        "method (Basic's 2/(mu+L) is twice the contractions' 1/L), so with theory steps "
+        "Basic takes about half the iterations it takes at 1/L, the rule under which the "
+        "poster's CGD is analysed. Per message a new compressor sends "
+        + ", ".join(f"{_f(_per_step(S, f'{k}-basic') / _per_step(S, f'{k}-{new}'))}x"
+                    for k in PROBLEMS for new in NEW if _per_step(S, f"{k}-{new}"))
+        + " fewer bytes than Basic (ridge, then logistic; spherical, biased, unbiased sparse "
+        "dithering); it needs "
+        + ", ".join(f"{_f(S[f'{k}-{new}']['steps'] / S[f'{k}-basic']['steps'])}x"
+                    for k in PROBLEMS for new in NEW
+                    if S[f"{k}-{new}"]["steps"] and S[f"{k}-basic"]["steps"])
+        + " its iterations; the gain is the first over the second. So the per-message ratio is "
+        "the most a compressor can gain while it needs Basic's iterations, and where it is "
+        "below 5 (spherical at alpha 0.15 / 0.2 on d = 14 / 10) 5x cannot be reached. And a "
+        "searched step can help Basic and top-k more than the new compressors (the best "
+        "top-k's searched steps: " + ", ".join(
+            f"{k} {S[summary['search'][k]['best_topk']]['c']:g}/L" for k in PROBLEMS
+            if summary["search"][k]["best_topk"]) + "), and then the search gives smaller gains "
+        "than one common step; the poster's best top-k only ~20 % below Basic is what a common "
+        "step gives here, not a searched one.")
+
+
+def _per_step(R, name):
+    m = R[name]
+    return m["bytes"] / m["steps"] if m["bytes"] else None
+
+
+def _ratio(ref, b):
+    return _f(ref / b) if (ref and b) else "-"
 
 
 def _f(v):
     return "-" if v is None else f"{v:.3g}"
 
 
-def _figure(out, variants, runs):
+def _figure(out, variants, searched, grid, best):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,15 +245,19 @@ def _figure(out, variants, runs):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for ax, key in zip(axes, PROBLEMS):
+        tops = [v for v in variants if v.name.startswith(f"{key}-top") and best[v.name]["bytes"]]
+        top = min(tops, key=lambda v: best[v.name]["bytes"]).name if tops else None
         for v in variants:
-            if not v.name.startswith(key) or ("-top" in v.name and v.name != f"{key}-top1"
-                                              and not v.name.endswith(("top3", "top5"))):
+            if not v.name.startswith(key) or ("-top" in v.name and v.name != top):
                 continue
-            r = runs[v.name]
+            c = best[v.name]["c"]
+            if c is None:
+                continue
+            r = searched[grid[v.name, c].name]
             pts = [(b / 8, d) for b, d in zip(r.series("payload_bits_up"), r.series("dist2"))
                    if d and d > 0 and b]
             if pts:
-                ax.plot(*zip(*pts), label=v.label.split(": ", 1)[1])
+                ax.plot(*zip(*pts), label=f"{v.label.split(': ', 1)[1]} ({c:g}/L)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.axhline(EPS, color="k", lw=0.6, ls=":")
@@ -162,5 +273,5 @@ def _figure(out, variants, runs):
 REPRODUCTIONS = [
     Reproduction("albasyoni", PAPER,
                  "bytes to 1e-4: spherical, sparse ditherings, basic, best top-k; ridge 252x14, "
-                 "logistic 683x10 (synthetic data of those shapes)", run=run),
+                 "logistic 683x10 (synthetic stand-ins of those shapes, conditioned)", run=run),
 ]

@@ -58,10 +58,12 @@ def data_given(extra) -> bool:
 
 
 def run_variants(config: Path, variants: list[Variant], out: Path, jobs: int,
-                 common=(), extra=()) -> dict[str, Run]:
+                 common=(), extra=(), may_diverge=False) -> dict[str, Run]:
     """Run every variant not finished yet (``out/<name>``); return name -> Run.
 
     Each run gets ``common``, then the variant's own overrides, then ``extra`` (last wins).
+    ``may_diverge``: a step-size search, where a run that psgd stopped as diverged (it wrote
+    its summary with status ``failed``) is an outcome, not an error.
     """
     by_ranks: dict[int, list[Variant]] = {}
     for v in variants:
@@ -71,10 +73,16 @@ def run_variants(config: Path, variants: list[Variant], out: Path, jobs: int,
         points = [[w for s in [*common, *v.sets, *extra] for w in ("--set", s)] for v in group]
         rows = run_points(config, points, out, ranks=ranks, jobs=jobs,
                           names=[v.name for v in group], log_dir=out / "logs")
-        failed += [f"{r['out'].name} (log {r['log']})" for r in rows if r["state"] == "failed"]
+        failed += [f"{r['out'].name} (log {r['log']})" for r in rows if r["state"] == "failed"
+                   and not (may_diverge and _diverged(r["out"]))]
     if failed:
         raise ReproduceError(f"runs failed: {', '.join(failed)}")
     return {v.name: Run(out / v.name) for v in variants}
+
+
+def _diverged(out: Path) -> bool:
+    summary = out / "summary.json"
+    return summary.is_file() and json.loads(summary.read_text()).get("status") == "failed"
 
 
 def plateau(run: Run, metric="subopt", frac=1 / 3) -> float:
