@@ -245,3 +245,17 @@ def test_albasyoni_quick(tmp_path):
         gains["reference_bytes"] / result["runs"]["search"]["ridge-sd-biased"]["bytes"])
     text = (out / "REPORT.md").read_text()
     assert "**[P]**" in text and "## Verdict: " in text and "isotropic" in text
+
+
+@pytest.mark.mpi
+def test_run_variants_may_diverge(tmp_path):
+    """A step-size search keeps a diverged run as an outcome; anywhere else it is an error."""
+    from psgd.reproduce.common import ReproduceError, Variant, config_path, run_variants
+
+    sets = ["run.iterations=200", "compressor={name: identity, dtype: float32}"]
+    v = [Variant("ok", "ok", sets, ranks=2),
+         Variant("big", "big", sets + ["algorithm.stepsize=50.0"], ranks=2)]
+    runs = run_variants(config_path("albasyoni.yaml"), v, tmp_path / "a", 1, may_diverge=True)
+    assert runs["big"].summary["status"] == "failed" and runs["ok"].summary["status"] != "failed"
+    with pytest.raises(ReproduceError, match="runs failed: big"):
+        run_variants(config_path("albasyoni.yaml"), v[1:], tmp_path / "b", 1)
