@@ -187,6 +187,8 @@ class _DataProblem(Problem):
                 A, labels = _data.read_libsvm(full, data_cfg["n_features"])
                 m, d = A.shape
         else:
+            # .get: a run directory written before data.condition existed (psgd reproduce
+            # rebuilds the problem from a finished run's config.yaml) holds no such key
             condition = data_cfg.get("condition", 1.0)
             A, b = _data.synthetic(cls.name, data_cfg["n_samples"], data_cfg["n_features"],
                                    seed, data_cfg["noise"], condition)

@@ -132,8 +132,8 @@ def run(out, quick, jobs, extra=()):
     result = {"runs": by, "summary": summary, "L": L, "steps": list(steps)}
 
     rows = []
+    T, S = by["theory"], by["search"]
     for key, (label, *_rest) in PROBLEMS.items():
-        T, S = by["theory"], by["search"]
         st, ss = summary["theory"][key], summary["search"][key]
         names = [f"{key}-basic", *(nm for nm in {st["best_topk"], ss["best_topk"]} if nm),
                  *(f"{key}-{new}" for new in NEW)]
@@ -168,7 +168,7 @@ def run(out, quick, jobs, extra=()):
                if near_5x else "partly (fewer bytes than Basic and top-k, not 5x)"
                if ok_fewer else "not reproduced")
     why = _why(by, summary, steps)
-    _figure(out, variants, searched, grid, by["search"])
+    _figure(out, variants, searched, grid, by["search"], summary["search"])
     setup = setup_text(cfg, variants, common, 2,
                        "One worker (single node), full gradients. Each variant runs once with "
                        "the base config's `stepsize: theory` (`runs/<name>`) and once per "
@@ -183,11 +183,11 @@ def run(out, quick, jobs, extra=()):
 
 def _why(by, summary, steps):
     def gains(per_problem):
-        return "; ".join(f"{key}: " + ", ".join(f"{k[:-5]} {_f(g)}{'x' if g else ''}" for k, g in s.items()
-                                               if k.endswith("_gain"))
+        return "; ".join(f"{key}: " + ", ".join(f"{k[:-5]} {_f(g)}{'x' if g else ''}"
+                                               for k, g in s.items() if k.endswith("_gain"))
                          for key, s in per_problem.items())
 
-    T, S = by["theory"], by["search"]
+    S = by["search"]
     basic = ", ".join(f"{S[k + '-basic']['steps']} ({k}; the poster's byte counts imply "
                       f"~{POSTER_BASIC_STEPS[k]:.0f})" for k in PROBLEMS)
     return (
@@ -207,7 +207,8 @@ def _why(by, summary, steps):
         "Basic takes about half the iterations it takes at 1/L, the rule under which the "
         "poster's CGD is analysed. Per message a new compressor sends "
         + ", ".join(f"{_f(_per_step(S, f'{k}-basic') / _per_step(S, f'{k}-{new}'))}x"
-                    for k in PROBLEMS for new in NEW if _per_step(S, f"{k}-{new}"))
+                    for k in PROBLEMS for new in NEW
+                    if _per_step(S, f"{k}-{new}") and _per_step(S, f"{k}-basic"))
         + " fewer bytes than Basic (ridge, then logistic; spherical, biased, unbiased sparse "
         "dithering); it needs "
         + ", ".join(f"{_f(S[f'{k}-{new}']['steps'] / S[f'{k}-basic']['steps'])}x"
@@ -237,7 +238,7 @@ def _f(v):
     return "-" if v is None else f"{v:.3g}"
 
 
-def _figure(out, variants, searched, grid, best):
+def _figure(out, variants, searched, grid, best, summary):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,8 +246,7 @@ def _figure(out, variants, searched, grid, best):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for ax, key in zip(axes, PROBLEMS):
-        tops = [v for v in variants if v.name.startswith(f"{key}-top") and best[v.name]["bytes"]]
-        top = min(tops, key=lambda v: best[v.name]["bytes"]).name if tops else None
+        top = summary[key]["best_topk"]
         for v in variants:
             if not v.name.startswith(key) or ("-top" in v.name and v.name != top):
                 continue
