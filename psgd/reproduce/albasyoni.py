@@ -90,9 +90,11 @@ def _gains(R, key):
     """Reference (the fewer bytes of Basic and the best top-k) and each new compressor's gain."""
     tops = {nm: m for nm, m in R.items() if nm.startswith(f"{key}-top") and m["bytes"]}
     best = min(tops, key=lambda nm: tops[nm]["bytes"]) if tops else None
-    refs = [b for b in (R[f"{key}-basic"]["bytes"], tops[best]["bytes"] if best else None) if b]
+    top_bytes = tops[best]["bytes"] if best else None
+    refs = [b for b in (R[f"{key}-basic"]["bytes"], top_bytes) if b]
     ref = min(refs) if refs else None
-    s = {"best_topk": best, "basic_bytes": R[f"{key}-basic"]["bytes"], "reference_bytes": ref}
+    s = {"best_topk": best, "basic_bytes": R[f"{key}-basic"]["bytes"], "reference_bytes": ref,
+         "best_topk_bytes": top_bytes}
     for new in NEW:
         b = R[f"{key}-{new}"]["bytes"]
         s[f"{new}_gain"] = ref / b if (b and ref) else None
@@ -135,9 +137,9 @@ def run(out, quick, jobs, extra=()):
     T, S = by["theory"], by["search"]
     for key, (label, *_rest) in PROBLEMS.items():
         st, ss = summary["theory"][key], summary["search"][key]
-        names = [f"{key}-basic", *(nm for nm in {st["best_topk"], ss["best_topk"]} if nm),
+        names = [f"{key}-basic", *(nm for nm in (st["best_topk"], ss["best_topk"]) if nm),
                  *(f"{key}-{new}" for new in NEW)]
-        for nm in sorted(set(names), key=names.index):
+        for nm in dict.fromkeys(names):  # once each, in this order
             t, s = T[nm], S[nm]
             rows.append([label, nm.split("-", 1)[1], f"{t['stepsize']:.3g}", t["steps"] or "-",
                          sci(t["bytes"]), _ratio(st["reference_bytes"], t["bytes"]),
@@ -216,13 +218,23 @@ def _why(by, summary, steps):
                     if S[f"{k}-{new}"]["steps"] and S[f"{k}-basic"]["steps"])
         + " its iterations; the gain is the first over the second. So the per-message ratio is "
         "the most a compressor can gain while it needs Basic's iterations, and where it is "
-        "below 5 (spherical at alpha 0.15 / 0.2 on d = 14 / 10) 5x cannot be reached. And a "
+        "below 5 (spherical at alpha " + " / ".join(f"{PROBLEMS[k][3]:g}" for k in PROBLEMS)
+        + " on d = " + " / ".join(str(PROBLEMS[k][2]) for k in PROBLEMS)
+        + ") 5x cannot be reached. And a "
         "searched step can help Basic and top-k more than the new compressors (the best "
         "top-k's searched steps: " + ", ".join(
             f"{k} {S[summary['search'][k]['best_topk']]['c']:g}/L" for k in PROBLEMS
             if summary["search"][k]["best_topk"]) + "), and then the search gives smaller gains "
-        "than one common step; the poster's best top-k only ~20 % below Basic is what a common "
-        "step gives here, not a searched one.")
+        "than one common step. The poster's best top-k is only ~20 % below Basic; best top-k "
+        "bytes / Basic bytes here: searched " + _topk_vs_basic(summary["search"]) + "; at a "
+        "common step " + " | ".join(f"{c}: {_topk_vs_basic(g)}"
+                                    for c, g in summary["same_step"].items()) + ".")
+
+
+def _topk_vs_basic(per_problem):
+    """Best top-k's bytes over Basic's, per problem ("-" where either missed eps)."""
+    return ", ".join(f"{_ratio(s['best_topk_bytes'], s['basic_bytes'])} ({k})"
+                     for k, s in per_problem.items())
 
 
 def _per_step(R, name):

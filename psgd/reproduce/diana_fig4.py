@@ -52,8 +52,16 @@ def variants(quick):
     return out
 
 
-#: the setting of the seed study, and its extra seeds (seed 0 is the grid's own run)
-SPREAD_SETTING, SPREAD_SEEDS = "-b128-m0.9", (1, 2)
+#: the setting the figures show and the seed study reruns, and its extra seeds (seed 0 is the
+#: grid's own run)
+BLOCK, MOMENTUM = 128, 0.9
+SPREAD_SETTING, SPREAD_SEEDS = f"-b{BLOCK}-m{MOMENTUM:g}", (1, 2)
+
+
+def in_setting(variants_):
+    """The grid's runs of SPREAD_SETTING: every compressed method's, and SGD's of its momentum."""
+    return [v for v in variants_ if v.name.endswith(SPREAD_SETTING)
+            or v.name == _sgd_of(SPREAD_SETTING)]
 
 
 def spread_variants(quick):
@@ -61,8 +69,7 @@ def spread_variants(quick):
     network's initialisation, the train/test split, the partition and the minibatches).
     Quick: DIANA, QSGD with 8 levels (the closest to DIANA in the grid) and SGD."""
     keep = ("diana", "qsgd8", "sgd") if quick else [name for name, _, _ in methods()]
-    base = [v for v in variants(quick) if v.name.split("-")[0] in keep
-            and (v.name.endswith(SPREAD_SETTING) or v.name == _sgd_of(SPREAD_SETTING))]
+    base = [v for v in in_setting(variants(quick)) if v.name.split("-")[0] in keep]
     return [Variant(f"{v.name}-s{seed}", f"{v.label}, seed {seed}", [*v.sets, f"seed={seed}"],
                     ranks=v.ranks) for v in base for seed in SPREAD_SEEDS]
 
@@ -128,10 +135,7 @@ def fig4(out, quick, jobs, extra=()):
     holds, fails = verdict_of(table)
     mean_holds, mean_fails = verdict_of(spread)
     figs = []
-    mom = "0.9"
-    block = 128
-    shown = [v for v in vs if v.name.endswith(f"-m{mom}") and
-             (f"-b{block}-" in v.name or v.name.startswith("sgd"))]
+    shown = in_setting(vs)
     for y, x, fname, title in (("loss", "epoch", "fig4_loss_epochs.png", "train loss per epoch"),
                                ("test_accuracy", "epoch", "fig4_acc_epochs.png",
                                 "test accuracy per epoch"),
@@ -139,7 +143,7 @@ def fig4(out, quick, jobs, extra=()):
                                ("test_accuracy", "bits_up", "fig4_acc_bits.png",
                                 "test accuracy per bit up")):
         figure([runs[v.name] for v in shown], x, y, out / fname,
-               f"digits, 8 workers, blocks {block}, momentum {mom}: {title}",
+               f"digits, 8 workers, blocks {BLOCK}, momentum {MOMENTUM:g}: {title}",
                [v.label for v in shown])
         figs.append((fname, title))
     rows = [[v.label, f"{t['train_loss']:.4f}", f"{100 * t['test_accuracy']:.2f}",
