@@ -15,14 +15,20 @@ only rank 0 speaks, and a worker speaks only when rank 0 itself is the one missi
 deadlines count from when the launcher started each process (:func:`started_at`), not from
 when psgd's code first ran: on a loaded machine the ranks' imports can differ by more than
 GRACE, and a rank that started late would then speak after the job had already ended.
+The staggered deadlines only make rank 0 (or 1) the likely speaker; on a loaded machine two
+watchdogs can still fire before the process manager has ended the job (the first rank's
+kill takes seconds to reach the others). So a watchdog speaks only when it is the first of
+its job on this node to claim a marker file (:func:`first_to_speak`): one line per node.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import select
 import signal
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -68,6 +74,47 @@ def deadline_s(rank, timeout_s: float) -> float:
     return timeout_s + GRACE * min(r, 2)
 
 
+def job_key() -> str:
+    """What the ranks of one job on one node share before MPI_Init: the launcher's job id
+    where it exports one, else their parent (Hydra's proxy, slurmstepd, prted) by pid and
+    start time (a pid alone is reused)."""
+    for key in ("PMIX_NAMESPACE", "SLURM_JOB_ID"):
+        if os.environ.get(key):
+            return f"{os.environ[key]}.{os.environ.get('SLURM_STEP_ID', '')}"
+    ppid = os.getppid()
+    try:
+        with open(f"/proc/{ppid}/stat") as f:
+            start = f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "?"
+    return f"{ppid}.{start}"
+
+
+#: markers older than this are from jobs long gone (nobody else removes them)
+MARKER_MAX_AGE_S = 86400.0
+
+
+def first_to_speak(key: str | None = None, folder: str | None = None) -> bool:
+    """True for the first caller of a job (``key``, default :func:`job_key`) on this node:
+    it creates the job's marker file atomically (O_EXCL); every later caller gets False."""
+    folder = folder or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir())
+    name = "psgd-startup-" + "".join(c if c.isalnum() or c in ".-_" else "_"
+                                     for c in (key or job_key()))
+    for old in glob.glob(os.path.join(folder, "psgd-startup-*")):
+        try:
+            if time.time() - os.path.getmtime(old) > MARKER_MAX_AGE_S:
+                os.unlink(old)
+        except OSError:
+            pass
+    try:
+        os.close(os.open(os.path.join(folder, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    except OSError:  # no writable folder: speak (two lines beat none)
+        return True
+    return True
+
+
 class Watchdog:
     """Kills this process with one line unless :meth:`cancel` is called within ``seconds``.
 
@@ -77,7 +124,7 @@ class Watchdog:
 
     def __init__(self, seconds: float, timeout_s: float, on_fire=None):
         read, self.write = os.pipe()
-        parent = os.getpid()
+        parent, key = os.getpid(), job_key()  # (the key names the rank's parent, not ours)
         self.pid = os.fork()
         if self.pid == 0:  # the watchdog: only select, print and kill from here on
             code = 0
@@ -85,10 +132,11 @@ class Watchdog:
                 os.close(self.write)
                 ready, _, _ = select.select([read], [], [], max(seconds, 0.0))
                 if not ready:  # neither cancelled nor ended: the rank is stuck in MPI_Init
-                    print(f"psgd: error on rank {rank_from_env()}: start-up did not complete "
-                          f"within run.timeout_s = {timeout_s:g} s: MPI_Init is still waiting "
-                          f"for a rank that is stopped, crashed or was never started; ending "
-                          f"the job", file=sys.stderr, flush=True)
+                    if first_to_speak(key):
+                        print(f"psgd: error on rank {rank_from_env()}: start-up did not "
+                              f"complete within run.timeout_s = {timeout_s:g} s: MPI_Init is "
+                              f"still waiting for a rank that is stopped, crashed or was never "
+                              f"started; ending the job", file=sys.stderr, flush=True)
                     if on_fire is not None:
                         on_fire(parent)
                     os.kill(parent, signal.SIGKILL)

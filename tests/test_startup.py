@@ -104,3 +104,25 @@ def test_the_deadline_counts_from_each_rank_s_start():
     assert deadline_s("0", 5) == 5
     assert deadline_s("1", 5) == 5 + GRACE
     assert deadline_s("7", 5) == deadline_s("?", 5) == 5 + 2 * GRACE
+
+
+def test_only_the_first_watchdog_of_a_job_speaks(tmp_path):
+    # two watchdogs firing within the process manager's tear-down used to print two lines
+    # under load; the marker lets the first of a job speak and no other, per job
+    from psgd import startup
+
+    assert startup.first_to_speak("job.1", str(tmp_path))
+    assert not startup.first_to_speak("job.1", str(tmp_path))
+    assert startup.first_to_speak("job.2", str(tmp_path))  # another job speaks for itself
+    stale = tmp_path / "psgd-startup-gone.7"
+    stale.write_text("")
+    os.utime(stale, (0, 0))
+    startup.first_to_speak("job.3", str(tmp_path))
+    assert not stale.exists()  # markers of jobs long gone are removed
+    # the ranks of one job share the key (their parent), another launch does not
+    keys = [subprocess.run([sys.executable, "-c", "from psgd.startup import job_key; "
+                            "print(job_key())"], capture_output=True, text=True, check=True,
+                           env={k: v for k, v in os.environ.items()
+                                if k not in ("PMIX_NAMESPACE", "SLURM_JOB_ID")}).stdout
+            for _ in range(2)]
+    assert keys[0] == keys[1] and keys[0].split(".")[0] == str(os.getpid())
