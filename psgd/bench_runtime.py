@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from . import mpiexec
+from . import mpiexec, threads
 import yaml
 
 PHASES = ("wait", "decode", "apply", "encode", "send")
@@ -92,9 +92,11 @@ def median_of(samples):
 
 
 def run_allreduce(d, n, steps):
+    env = dict(os.environ)
+    threads.limit(n, env)  # the BLAS threads psgd's ranks get (psgd.threads)
     proc = subprocess.run([mpiexec.path(), "-n", str(n), sys.executable, "-m", "psgd.bench_runtime",
                            "--allreduce-rank", str(d), str(steps)],
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=1800, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"allreduce baseline failed (n={n}, d={d}): {proc.stderr.strip()[-500:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -112,13 +114,14 @@ def allreduce_rank(d, steps):
     ps = problems.make_problem(cfg["problem"], cfg["data"], cfg["seed"], n)
     f = ps.local(rank)
     x = np.zeros(d)
-    total = np.empty(d)
+    g, total = np.empty(d), np.empty(d)  # reused, as psgd's workers reuse theirs
     comm.Barrier()
     t0 = time.perf_counter()
     for _ in range(steps):
-        g = f.grad(x)
-        comm.Allreduce(g, total, op=MPI.SUM)
-        x -= (1.0 / n) * total
+        grad = f.grad_into(x, g)
+        comm.Allreduce(grad, total, op=MPI.SUM)
+        total *= 1.0 / n
+        x -= total
     comm.Barrier()
     wall = time.perf_counter() - t0
     from psgd.metrics import peak_rss_mb

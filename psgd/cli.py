@@ -110,6 +110,9 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
+            from . import threads
+
+            threads.limit()  # before NumPy loads BLAS (psgd.threads says why)
             from .launch import run
 
             return run(args.config, args.set, out=args.out, resume=args.resume,

@@ -99,10 +99,12 @@ class Downlink:
         return n
 
     def apply(self, payload, x: np.ndarray) -> np.ndarray:
-        """Worker: its model after the server's message (raises WireFormatError)."""
+        """Worker: its model ``x`` moved in place to the server's message (raises
+        WireFormatError); returns x."""
         if self.exact:
-            return self.compressor.decode(payload, d=self.d)
-        self.compressor.decode_add(payload, x, self.scale)
+            self.compressor.decode_into(payload, x)
+        else:
+            self.compressor.decode_add(payload, x, self.scale)
         return x
 
 

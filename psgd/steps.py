@@ -109,19 +109,25 @@ def worker_step_sharded(alg, uplinks, ranges, ws, grad, j, seq, rng, outs) -> li
 
     The code goes straight into the send buffer. An algorithm that keeps a memory in step
     with the server (DIANA's shift, EF's error) also needs the decoded message: it is decoded
-    from that buffer into one reused work vector (zeros plus ``decode_add``, which is what
-    ``decode`` computes, so the values are the same), with no d-sized temporaries a step.
+    from that buffer straight into the memory when that only moves by a multiple of it
+    (``alg.memory_step``: DIANA, the same ``decode_add`` the server runs on its copy), else
+    into one reused work vector (zeros plus ``decode_add``, which is what ``decode``
+    computes, so the values are the same), with no d-sized temporaries a step.
     """
     full = alg.full_message(seq)
     v = alg.worker_vector(ws, grad, full)
-    y = alg.work("decoded", v.size) if alg.needs_decoded else None
+    memory = alg.memory_step(ws) if alg.needs_decoded else None
+    y = alg.work("decoded", v.size) if alg.needs_decoded and memory is None else None
     sizes = []
     for uplink, part, out in zip(uplinks, ranges, outs):
         codec = uplink.codec(full)
         key = uplink.key(codec, j, seq)
         n = codec.encode_into(v[part], rng, out, key=key)
         sizes.append(n)
-        if y is not None:
+        if memory is not None:  # memory += weight * y, as the server's Received.add_to does
+            mem, weight = memory
+            uplink.decode_add(out[:n], mem[part], weight, j, seq, full)
+        elif y is not None:
             decoded = y[part]
             decoded.fill(0.0)
             codec.decode_add(out[:n], decoded, 1.0, key=key)

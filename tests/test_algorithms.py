@@ -181,3 +181,62 @@ def test_a_problem_without_constants_needs_a_numeric_step(name):
     with pytest.raises(ConfigError, match=r"algorithm.stepsize: got 'theory'.*allowed: a number"):
         build(name, comp, unknown)
     assert build(name, comp, unknown, stepsize=0.1).hyper.gamma == 0.1
+
+
+def _messages(alg, comp, d, n, seed=0):
+    """n encoded random messages of step 0, as the server receives them."""
+    rng = np.random.default_rng(seed)
+    uplink = Uplink(comp, alg, Streams(seed, n), d)
+    batch = []
+    for i in range(n):
+        buf = np.empty(uplink.max_nbytes(), np.uint8)
+        k = comp.encode_into(rng.standard_normal(d), rng, buf, key=uplink.key(comp, i, 0))
+        batch.append(decode_message(alg, uplink, buf[:k], i, 0))
+    return batch
+
+
+def test_fused_diana_sync_step_is_the_unfused_step_bit_for_bit():
+    # the chunked pass must do the same operations on every coordinate, chunk edges and
+    # the last partial chunk included
+    from psgd.algorithms.base import CHUNK, Algorithm
+
+    d, n = 2 * CHUNK + 7, 3
+    comp = get_compressor({"name": "random_dithering", "levels": 3, "norm": "2",
+                           "block_size": 100})
+    consts = algorithms.Constants(L=1.0, L_i=[1.0] * n, mu=0.1, d=d)
+    alg = build("diana", comp, consts, n=n)
+    rng = np.random.default_rng(5)
+    fused, plain = alg.server_init(rng.standard_normal(d)), None
+    fused.shift[:] = rng.standard_normal(d)
+    plain = alg.server_init(fused.x)
+    plain.shift[:] = fused.shift
+    for _ in range(2):
+        batch = _messages(alg, comp, d, n)
+        alg.sync_step(fused, batch, lambda x, g: x)
+        Algorithm.sync_step(alg, plain, batch, lambda x, g: x)
+    assert np.array_equal(fused.x, plain.x) and np.array_equal(fused.shift, plain.shift)
+    assert not np.array_equal(fused.x, alg.server_init(np.zeros(d)).x)  # it did step
+
+
+def test_async_diana_server_shifts_stay_bit_equal_to_the_workers():
+    # the worker decodes its message straight into h_i (memory_step); the table form's
+    # copy of h_i must move by the very same operation, or the two drift apart
+    locs, _, consts = make_problem()
+    comp = get_compressor({"name": "random_dithering", "levels": 5, "norm": "2"})
+    c = cfg_for("diana", "table")
+    w = np.full(len(locs), 1.0 / len(locs))
+    cls = algorithms.get_algorithm_class("diana")
+    alg = cls(c["algorithm"], cls.resolve(c, comp, consts, w, 2), w, synchronous=False)
+    d = locs[0].A.shape[1]
+    rng = np.random.default_rng(0)
+    uplink = Uplink(comp, alg, Streams(0, len(locs)), d)
+    ss = alg.server_init(np.zeros(d))
+    wss = [alg.worker_init(d) for _ in locs]
+    buf = np.empty(uplink.max_nbytes(), np.uint8)
+    for k in range(30):
+        i = k % len(locs)  # one worker at a time: the table's incremental path
+        n = worker_step(alg, uplink, wss[i], locs[i].grad(ss.x), i, k // len(locs), rng, buf)
+        alg.server_apply(ss, [decode_message(alg, uplink, buf[:n], i, k // len(locs))],
+                         lambda x, g: x)
+    for i, ws in enumerate(wss):
+        assert np.array_equal(ss.shifts[i], ws.shift) and np.any(ws.shift != 0)

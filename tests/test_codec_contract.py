@@ -60,6 +60,9 @@ def check_round_trip(c, x, rng_seed=0):
         expect = (np.full(d, 0.25) + weight * y).astype(dtype)
         tol = 1e-6 if dtype == np.float32 else 1e-12
         assert np.allclose(out, expect, rtol=tol, atol=tol * (1 + np.abs(y).max(initial=0)))
+    into = np.full(d, 7.0)  # decode_into overwrites whatever was there
+    c.decode_into(buf, into, key=key)
+    assert np.array_equal(into, y)
     room = np.full(len(buf) + 5, 0xAB, dtype=np.uint8)
     n = c.encode_into(x, np.random.default_rng(rng_seed), room, key=key)
     assert n == len(buf) and bytes(room[:n]) == bytes(buf) and (room[n:] == 0xAB).all()
@@ -124,6 +127,8 @@ def check_corruption(c, x, rng):
         try:
             y = c.decode(bad, key=key, d=d)
         except WireFormatError:
+            with pytest.raises(WireFormatError):  # (a worker's model: decode_into refuses it too)
+                c.decode_into(bad, np.zeros(d), key=key)
             continue
         assert y.shape == (d,) and np.isfinite(y).all()
 
@@ -230,3 +235,16 @@ def test_the_checks_catch_planted_defects():
     check_round_trip(Identity(), x)           # and the honest codec passes them
     check_unbiased(Identity(), x, 50, rng)
     check_corruption(Identity(), x, rng)
+
+
+def test_all_finite_finds_every_nan_and_inf_and_survives_overflowing_sums():
+    from psgd.compressors.base import all_finite
+
+    x = np.ones(1000)
+    assert all_finite(x) and all_finite(np.zeros(0)) and all_finite(x.astype(np.float32))
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[617] = bad
+        assert not all_finite(y)
+    assert all_finite(np.full(4, 1e308))  # the sum overflows; every value is finite
+    assert not all_finite(np.array([np.inf, -np.inf]))  # the sum is NaN

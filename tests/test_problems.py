@@ -392,3 +392,18 @@ def test_workers_load_only_their_shard(libsvm_dir):
         one.local(0)
     with pytest.raises(Exception, match="needs every shard"):
         one.global_objective
+
+
+def test_grad_into_is_grad_written_into_the_given_vector():
+    from psgd.problems.objectives import Objective
+    from psgd.problems.quadratic import QuadraticObjective
+
+    rng = np.random.default_rng(0)
+    lam, c, x = rng.random(50), rng.standard_normal(50), rng.standard_normal(50)
+    f = QuadraticObjective(lam, c)
+    out = np.full(50, np.nan)
+    assert f.grad_into(x, out) is out and np.array_equal(out, f.grad(x))
+    Q = np.linalg.qr(rng.standard_normal((50, 50)))[0]
+    rotated = QuadraticObjective(lam, c, Q=Q)
+    assert np.array_equal(rotated.grad_into(x, out), rotated.grad(x))
+    assert Objective.grad_into is not QuadraticObjective.grad_into

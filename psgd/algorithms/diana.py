@@ -14,7 +14,7 @@ import numpy as np
 
 from ..registry import register
 from ..validation import AnyOf, Choice, Real
-from .base import COMMON_PARAMS, Algorithm, Hyper, ServerState, axpy
+from .base import CHUNK, COMMON_PARAMS, Algorithm, Hyper, ServerState, axpy, chunks
 from .stepsize import step_size
 
 
@@ -101,9 +101,8 @@ class DIANA(Algorithm):
         # multi-round compressors, whose rounds keep the vector between messages)
         return np.subtract(grad, ws.shift, out=self.work("vector", grad.size))
 
-    def worker_update(self, ws, v, y):
-        y *= self.hyper.alpha  # in place (y is the step's scratch): no d-sized temporary
-        ws.shift += y
+    def memory_step(self, ws):
+        return ws.shift, self.hyper.alpha  # h_i += alpha y, decoded straight into h_i
 
     def server_fields(self, d):
         if self.synchronous:
@@ -120,10 +119,26 @@ class DIANA(Algorithm):
         axpy(alpha, g, ss.shift)
         return g
 
+    def sync_step(self, ss, batch, prox):
+        # sync_direction and step fused, a chunk at a time: the same operations on every
+        # coordinate (the same bits), in 5 memory passes instead of 11 (d = 10^7: ~60 ms)
+        if ss.velocity is not None:
+            return super().sync_step(ss, batch, prox)
+        total = self.aggregate(batch, self.work("direction", ss.x.size))
+        keep, alpha, gamma = 1.0 - self.hyper.alpha, self.hyper.alpha, -self.hyper.gamma
+        g = self.work("chunk", min(CHUNK, ss.x.size))
+        for part in chunks(ss.x.size):
+            gc, h = g[:part.stop - part.start], ss.shift[part]
+            np.add(total[part], h, out=gc)
+            h *= keep
+            axpy(alpha, gc, h)
+            axpy(gamma, gc, ss.x[part])
+        ss.x = prox(ss.x, self.hyper.gamma)
+
     def entry(self, ss, msg, out):
-        y = self.work("message", out.size)
-        msg.write_to(y)
+        # g_hat = h_i + y, then h_i += alpha y as the worker moves its own copy (the same
+        # decode_add with the same weight, so the two copies stay bit for bit equal)
         shift = ss.shifts[msg.worker]
-        np.add(shift, y, out=out)  # g_hat = h_i + y, then h_i += alpha y
-        y *= self.hyper.alpha
-        shift += y
+        np.copyto(out, shift)
+        msg.add_to(out)
+        msg.add_to(shift, self.hyper.alpha)

@@ -3,7 +3,7 @@
 import numpy as np
 
 from ..validation import Choice
-from .base import Compressor, register_compressor, wire_error
+from .base import Compressor, all_finite, register_compressor, wire_error
 
 
 @register_compressor
@@ -30,12 +30,18 @@ class Identity(Compressor):
 
     def _decode_add(self, payload, d, out, weight, key):
         values = np.frombuffer(payload, dtype=self._dtype(), count=d)
-        if not np.isfinite(values).all():
+        if not all_finite(values):
             raise wire_error(self.name, "payload holds NaN or Inf")
         if weight == 1.0:
             out += values
         else:
             out += weight * values
+
+    def _decode_into(self, payload, d, out, key):
+        values = np.frombuffer(payload, dtype=self._dtype(), count=d)
+        np.copyto(out, values)
+        if not all_finite(out):
+            raise wire_error(self.name, "payload holds NaN or Inf")
 
     def _payload_nbytes(self, d):
         return d * self._itemsize()

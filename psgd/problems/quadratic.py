@@ -69,6 +69,13 @@ class QuadraticObjective(Objective):
     def grad(self, x):
         return self._h(np.asarray(x, dtype=np.float64) - self.center)
 
+    def grad_into(self, x, out):
+        if self.Q is not None:
+            return self.grad(x)
+        np.subtract(x, self.center, out=out)
+        out *= self.lam
+        return out
+
     def value_and_grad(self, x):
         u = np.asarray(x, dtype=np.float64) - self.center
         g = self._h(u)
