@@ -33,25 +33,31 @@ def _steps(d, n, budget):
     return int(max(5, min(2000, budget / (d * max(n, 1)))))
 
 
-def _config(d, n, mode, tau, steps, out, servers=1):
+#: the model's way back (``--downlinks``): exact float64, or the uplink's ternary code
+TERNARY = {"name": "random_dithering", "levels": 1, "norm": "inf"}
+DOWNLINKS = ("exact", "ternary")
+
+
+def _config(d, n, mode, tau, steps, out, servers=1, downlink="exact"):
+    block = min(1024, -(-d // servers))
+    down = None if downlink == "exact" else {"compressor": {**TERNARY, "block_size": block}}
     return {
         "seed": 0,
         "problem": {"name": "quadratic", "n_features": d, "mu": 0.1, "L": 1.0},
         "algorithm": {"name": "diana"},
         # blocks of 1024, or smaller when S servers could not each own a whole block
-        "compressor": {"name": "random_dithering", "levels": 1, "norm": "inf",
-                       "block_size": min(1024, -(-d // servers))},
+        "compressor": {**TERNARY, "block_size": block},
         "run": {"mode": mode, "max_staleness": tau if mode == "async" else 0, "iterations": steps,
-                "log_every": steps, "timeout_s": 600, "servers": servers},
+                "log_every": steps, "timeout_s": 600, "servers": servers, "downlink": down},
         "output": {"dir": out},
     }
 
 
-def run_psgd(d, n, mode, tau, steps, workdir, repeat=0, servers=1):
-    out = os.path.join(workdir, f"ps-{n}-{d}-{mode}-{servers}-{repeat}")
+def run_psgd(d, n, mode, tau, steps, workdir, repeat=0, servers=1, downlink="exact"):
+    out = os.path.join(workdir, f"ps-{n}-{d}-{mode}-{servers}-{downlink}-{repeat}")
     path = out + ".yaml"
     with open(path, "w") as fh:
-        yaml.safe_dump(_config(d, n, mode, tau, steps, out, servers), fh)
+        yaml.safe_dump(_config(d, n, mode, tau, steps, out, servers, downlink), fh)
     proc = subprocess.run([mpiexec.path(), "-n", str(n + servers), sys.executable, "-m", "psgd", "run",
                            path],
                           capture_output=True, text=True, timeout=1800)
@@ -61,6 +67,7 @@ def run_psgd(d, n, mode, tau, steps, workdir, repeat=0, servers=1):
         s = json.load(fh)
     k = s["iterations"]
     row = {"steps_per_s": k / s["wall_s"], "bits_up_per_step": s["bits_up_total"] / k,
+           "bits_down_per_step": s["bits_down_total"] / k,
            "server_rss_mb": _mb(s.get("server_peak_rss_mb"))}
     for phase in PHASES:
         row[f"{phase}_ms"] = 1e3 * s["server_time_s"].get(phase, 0.0) / k
@@ -132,9 +139,11 @@ def allreduce_rank(d, steps):
                           "rss_mb": rss}))
 
 
-def _row(d, n, mode, n_servers, steps, base, pass_ms, args, work):
-    runs = [run_psgd(d, n, mode, args.tau, steps, work, r, n_servers) for r in range(args.repeats)]
-    row = {"n": n, "servers": n_servers, "d": d, "mode": mode, "steps": steps, **median_of(runs),
+def _row(d, n, mode, n_servers, steps, base, pass_ms, args, work, downlink="exact"):
+    runs = [run_psgd(d, n, mode, args.tau, steps, work, r, n_servers, downlink)
+            for r in range(args.repeats)]
+    row = {"n": n, "servers": n_servers, "d": d, "mode": mode, "downlink": downlink,
+           "steps": steps, **median_of(runs),
            "steps_per_s_runs": [r["steps_per_s"] for r in runs],
            "allreduce_steps_per_s": base["steps_per_s"],
            "allreduce_bits_per_step": base["bits_per_step"], "allreduce_rss_mb": base["rss_mb"],
@@ -142,13 +151,13 @@ def _row(d, n, mode, n_servers, steps, base, pass_ms, args, work):
     row["ratio"] = row["steps_per_s"] / row["allreduce_steps_per_s"]
     # a synchronous update applies n messages; an asynchronous one about one
     per_msg = row["apply_ms"] / (n if mode == "sync" else 1)
-    print(f"{n:>2} {n_servers:>2} {d:>9} {mode:>5} {row['steps_per_s']:>9.1f} "
+    print(f"{n:>2} {n_servers:>2} {d:>9} {mode:>5} {downlink:>7} {row['steps_per_s']:>9.1f} "
           + " ".join(f"{row[f'{ph}_ms']:>8.3f}" for ph in PHASES)
           + f" {row['allreduce_steps_per_s']:>9.1f} {row['ratio']:>6.2f}"
           f" {row['bits_up_per_step']:>10.0f} {per_msg:>9.3f} {pass_ms:>7.3f}"
           f" {row['server_rss_mb']:>8.0f} {row['allreduce_rss_mb']:>8.0f}", flush=True)
     for s in range(1, n_servers):
-        print(f"{'':>2} {'s' + str(s):>2} {'':>9} {'':>5} {'':>9} "
+        print(f"{'':>2} {'s' + str(s):>2} {'':>9} {'':>5} {'':>7} {'':>9} "
               + " ".join(f"{row[f's{s}_{ph}_ms']:>8.3f}" for ph in PHASES), flush=True)
     return row
 
@@ -160,6 +169,9 @@ def main(argv) -> int:
     p.add_argument("--modes", default="sync,async")
     p.add_argument("--tau", type=int, default=2, help="max_staleness for async runs")
     p.add_argument("--servers", default="1", help="comma-separated server counts (run.servers)")
+    p.add_argument("--downlinks", default="exact",
+                   help="comma-separated: exact (the float64 model) and/or ternary (the model "
+                        "delta in the uplink's code, run.downlink)")
     p.add_argument("--budget", type=float, default=3e8,
                    help="coordinates x workers per run; sets the step count (5..2000)")
     p.add_argument("--repeats", type=int, default=3, help="runs per row; the table shows medians")
@@ -174,20 +186,23 @@ def main(argv) -> int:
         dims = [int(float(v)) for v in args.dims.split(",")]
         modes = args.modes.split(",")
         servers = [int(v) for v in args.servers.split(",")]
+        downlinks = args.downlinks.split(",")
         if (any(m not in ("sync", "async") for m in modes) or min(workers) < 1 or min(dims) < 1
-                or args.repeats < 1 or min(servers) < 1):
+                or args.repeats < 1 or min(servers) < 1
+                or any(v not in DOWNLINKS for v in downlinks)):
             raise ValueError
     except ValueError:
         print("psgd: error: --workers/--dims/--repeats/--servers take positive integers, --modes "
-              "sync and/or async", file=sys.stderr)
+              "sync and/or async, --downlinks exact and/or ternary", file=sys.stderr)
         return 2
     rows = []
-    header = (f"{'n':>2} {'S':>2} {'d':>9} {'mode':>5} {'steps/s':>9} {'wait':>8} {'decode':>8} "
+    header = (f"{'n':>2} {'S':>2} {'d':>9} {'mode':>5} {'down':>7} {'steps/s':>9} {'wait':>8} {'decode':>8} "
               f"{'apply':>8} {'encode':>8} {'send':>8} {'allred/s':>9} {'ratio':>6} "
               f"{'bits/step':>10} {'apply/msg':>9} {'pass':>7} {'rss MiB':>8} {'allred':>8}")
     print("per-step server time in ms (server 0; the other servers' split on the lines below); "
           "decode = receive checks and copy, apply = the fused decode-and-accumulate of every "
-          "message plus the step; allred/s = uncompressed MPI.Allreduce data-parallel GD on n "
+          "message plus the step; down = how the model goes back (exact float64, or the "
+          "ternary code of its change); allred/s = uncompressed MPI.Allreduce data-parallel GD on n "
           "ranks; ratio = psgd / allreduce; pass = one streaming pass over d float32 values "
           "(the bound for apply/msg); rss = server 0's peak resident memory, allred = the "
           "largest Allreduce rank's (MiB); "
@@ -201,9 +216,10 @@ def main(argv) -> int:
                 base = median_of([run_allreduce(d, n, steps) for _ in range(args.repeats)])
                 pass_ms = streaming_pass_ms(d)
                 for mode in modes:
-                    for n_servers in servers:
-                        row = _row(d, n, mode, n_servers, steps, base, pass_ms, args, work)
-                        rows.append(row)
+                    for downlink in downlinks:
+                        for n_servers in servers:
+                            rows.append(_row(d, n, mode, n_servers, steps, base, pass_ms, args,
+                                             work, downlink))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -41,7 +41,7 @@ def test_a_rank_of_psgd_run_gets_its_share(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in threads.THREAD_VARS}
     probe = ("import os, sys; from psgd.cli import main; "
              "code = main(['run', sys.argv[1], '--out', sys.argv[2]]); "
-             "print('threads', os.environ.get('OPENBLAS_NUM_THREADS'), flush=True); "
+             "os.write(1, f\"threads {os.environ.get('OPENBLAS_NUM_THREADS')}\\n\".encode()); "
              "sys.exit(code)")
     res = subprocess.run([mpiexec.path(), "-n", "3", sys.executable, "-c", probe, str(cfg),
                           str(tmp_path / "out")], capture_output=True, text=True, env=env,
