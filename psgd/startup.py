@@ -94,12 +94,12 @@ def job_key() -> str:
 MARKER_MAX_AGE_S = 86400.0
 
 
-def first_to_speak(key: str | None = None, folder: str | None = None) -> bool:
-    """True for the first caller of a job (``key``, default :func:`job_key`) on this node:
-    it creates the job's marker file atomically (O_EXCL); every later caller gets False."""
+def first_to_speak(key: str, folder: str | None = None) -> bool:
+    """True for the first caller of a job (``key``: :func:`job_key`) on this node: it
+    creates the job's marker file atomically (O_EXCL); every later caller gets False."""
     folder = folder or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir())
     name = "psgd-startup-" + "".join(c if c.isalnum() or c in ".-_" else "_"
-                                     for c in (key or job_key()))
+                                     for c in key)
     for old in glob.glob(os.path.join(folder, "psgd-startup-*")):
         try:
             if time.time() - os.path.getmtime(old) > MARKER_MAX_AGE_S:

@@ -195,26 +195,34 @@ def _messages(alg, comp, d, n, seed=0):
     return batch
 
 
-def test_fused_diana_sync_step_is_the_unfused_step_bit_for_bit():
-    # the chunked pass must do the same operations on every coordinate, chunk edges and
-    # the last partial chunk included
-    from psgd.algorithms.base import CHUNK, Algorithm
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_fused_diana_sync_step_is_the_unfused_step_bit_for_bit(momentum):
+    # the chunked pass must do the same operations on every coordinate as the whole-vector
+    # step (Algorithm.step), chunk edges and the last partial chunk included
+    from psgd.algorithms.base import CHUNK, Algorithm, axpy
 
     d, n = 2 * CHUNK + 7, 3
     comp = get_compressor({"name": "random_dithering", "levels": 3, "norm": "2",
                            "block_size": 100})
     consts = algorithms.Constants(L=1.0, L_i=[1.0] * n, mu=0.1, d=d)
-    alg = build("diana", comp, consts, n=n)
+    alg = build("diana", comp, consts, n=n, momentum=momentum)
+    a = alg.hyper.alpha
     rng = np.random.default_rng(5)
-    fused, plain = alg.server_init(rng.standard_normal(d)), None
+    fused = alg.server_init(rng.standard_normal(d))
     fused.shift[:] = rng.standard_normal(d)
     plain = alg.server_init(fused.x)
     plain.shift[:] = fused.shift
     for _ in range(2):
         batch = _messages(alg, comp, d, n)
         alg.sync_step(fused, batch, lambda x, g: x)
-        Algorithm.sync_step(alg, plain, batch, lambda x, g: x)
+        g = alg.aggregate(batch, np.empty(d))  # the unfused step, one vector pass each
+        g += plain.shift
+        plain.shift *= 1.0 - a
+        axpy(a, g, plain.shift)
+        Algorithm.step(alg, plain, g, lambda x, g: x)
     assert np.array_equal(fused.x, plain.x) and np.array_equal(fused.shift, plain.shift)
+    if momentum:
+        assert np.array_equal(fused.velocity, plain.velocity) and fused.velocity.any()
     assert not np.array_equal(fused.x, alg.server_init(np.zeros(d)).x)  # it did step
 
 

@@ -50,7 +50,7 @@ class Worker:
         self.delay = float(ctx.cfg["run"]["worker_delay"].get(index, 0.0))
         self.batch_size = ctx.cfg["algorithm"]["batch_size"]
         self.x = ctx.x0.astype(np.float64).copy()  # the model as this worker knows it
-        self._grad = None  # the reused gradient vector (full gradients only)
+        self._grad = np.empty(self.d)  # the reused full gradient (untouched until used)
         # a multi-round compressor's side of each step (None for the others)
         self.rounds = steps.rounds_for(ctx)
         self.downlink = self.rounds or ctx.downlink
@@ -160,18 +160,13 @@ class Worker:
             time.sleep(self.delay)
         with np.errstate(over="ignore", invalid="ignore"):  # reported just below, in one line
             if self.batch_size is None:
-                g = self.objective.grad_into(self.x, self._grad_buffer())
+                g = self.objective.grad_into(self.x, self._grad)
             else:
                 g = self.objective.stochastic_grad(self.x, self.batch_size, self.batch_rng)
         if not all_finite(g):
             raise RunError(f"worker {self.j}: the gradient at its step {self.gradients_sent} "
                            f"(model version {version}) contains NaN or Inf")
         return g
-
-    def _grad_buffer(self):
-        if self._grad is None:
-            self._grad = np.empty(self.d)
-        return self._grad
 
     @property
     def gradients_sent(self) -> int:
@@ -210,7 +205,9 @@ class ShardedWorker(Worker):
         self.ranges = [slice(sh.lo, sh.hi) for sh in ctx.shards]
         self.seq_in = [0] * len(links)
         self.seq_out = [0] * len(links)
-        self._holds = {}
+        # each server's arrived range, kept until the others' come: one reused buffer per
+        # server (a fresh copy a step costs its page zeroing at d = 10^7)
+        self._holds = [np.empty(link.recv_buf.size, np.uint8) for link in links]
 
     @property
     def gradients_sent(self) -> int:
@@ -254,7 +251,7 @@ class ShardedWorker(Worker):
                 elif header.kind == wire.GO:
                     frozen = False
                 elif live == everyone:
-                    held = self._held(s, payload.size)
+                    held = self._holds[s][:payload.size]
                     np.copyto(held, payload)
                     arrived[s] = (header.version, held)
                 # (a model after another server's STOP is dropped)
@@ -271,14 +268,6 @@ class ShardedWorker(Worker):
                 self._send_gradients(versions)
         for link in self.links:
             link.close()
-
-    def _held(self, s, nbytes):
-        """Server s's arrived range, kept until the others' come: one reused buffer per
-        server (a fresh copy a step costs its page zeroing at d = 10^7)."""
-        buf = self._holds.get(s)
-        if buf is None or buf.size < nbytes:
-            buf = self._holds[s] = np.empty(self.links[s].recv_buf.size, np.uint8)
-        return buf[:nbytes]
 
     def _checkpoint_sharded(self, step, arrived):
         """This worker's file of a sharded checkpoint: the state after its last gradient

@@ -109,31 +109,28 @@ class DIANA(Algorithm):
             return {"shift": np.zeros(d)}
         return {"shifts": np.zeros((self.n, d))}
 
-    def sync_direction(self, ss, batch):
-        # g_hat = sum_i w_i (h_i + y_i) = h + Y with Y = sum_i w_i y_i, then h += alpha Y,
-        # i.e. h <- (1 - alpha) h + alpha g_hat: two vectors besides x, no temporary
-        g = self.aggregate(batch, self.work("direction", ss.x.size))
-        g += ss.shift
-        alpha = self.hyper.alpha
-        ss.shift *= 1.0 - alpha
-        axpy(alpha, g, ss.shift)
-        return g
-
     def sync_step(self, ss, batch, prox):
-        # sync_direction and step fused, a chunk at a time: the same operations on every
-        # coordinate (the same bits), in 5 memory passes instead of 11 (d = 10^7: ~60 ms)
-        if ss.velocity is not None:
-            return super().sync_step(ss, batch, prox)
+        # g_hat = sum_i w_i (h_i + y_i) = h + Y with Y = sum_i w_i y_i, then h += alpha Y,
+        # i.e. h <- (1 - alpha) h + alpha g_hat, then the step (heavy ball: v <- beta v +
+        # g_hat) on x: all fused, a cache-sized chunk at a time, in 5 memory passes instead
+        # of 11 (7 instead of 16 with momentum; d = 10^7: ~60 ms a step), with the same
+        # operations on every coordinate as Algorithm.step
         total = self.aggregate(batch, self.work("direction", ss.x.size))
-        keep, alpha, gamma = 1.0 - self.hyper.alpha, self.hyper.alpha, -self.hyper.gamma
+        h = self.hyper
+        keep, gamma = 1.0 - h.alpha, -h.gamma
         g = self.work("chunk", min(CHUNK, ss.x.size))
         for part in chunks(ss.x.size):
-            gc, h = g[:part.stop - part.start], ss.shift[part]
-            np.add(total[part], h, out=gc)
-            h *= keep
-            axpy(alpha, gc, h)
+            gc, shift = g[:part.stop - part.start], ss.shift[part]
+            np.add(total[part], shift, out=gc)
+            shift *= keep
+            axpy(h.alpha, gc, shift)
+            if ss.velocity is not None:
+                v = ss.velocity[part]
+                v *= h.momentum
+                v += gc
+                gc = v
             axpy(gamma, gc, ss.x[part])
-        ss.x = prox(ss.x, self.hyper.gamma)
+        ss.x = prox(ss.x, h.gamma)
 
     def entry(self, ss, msg, out):
         # g_hat = h_i + y, then h_i += alpha y as the worker moves its own copy (the same
