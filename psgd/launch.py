@@ -53,12 +53,7 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False,
     timeout = cfg["run"]["timeout_s"] if cfg else config.RUN_SPEC["timeout_s"].default
     watchdog = None
     if "mpi4py.MPI" not in sys.modules:  # (a caller that imported MPI has initialised it)
-        if supervise.supported():  # from here on this process is the rank, its parent waits
-            supervise.start(int(startup.rank_from_env()), cfg["run"]["servers"] if cfg else 1,
-                            cfg["output"]["dir"] if cfg else None)
-        end = t_start + startup.deadline_s(startup.rank_from_env(), timeout)
-        watchdog = startup.Watchdog(end - time.monotonic(), timeout,
-                                    on_fire=_said_why_and_remove_shm)
+        watchdog = guard_start(t_start, timeout, cfg)
     from mpi4py import MPI  # MPI_Init: waits for every rank of the job
 
     if watchdog is not None:
@@ -134,6 +129,20 @@ def run(path: str, overrides=(), out: str | None = None, resume: bool = False,
     finally:
         if rundir is not None:
             rundir.release()
+
+
+def guard_start(t_start: float, timeout: float, cfg=None):
+    """Before MPI_Init: put this rank under its supervising parent and start its start-up
+    Watchdog; return the watchdog."""
+    # the job's key first: the ranks of a job share this process's parent (the launcher's),
+    # not the supervising parent each gets below
+    key = startup.job_key()
+    if supervise.supported():  # from here on this process is the rank, its parent waits
+        supervise.start(int(startup.rank_from_env()), cfg["run"]["servers"] if cfg else 1,
+                        cfg["output"]["dir"] if cfg else None)
+    end = t_start + startup.deadline_s(startup.rank_from_env(), timeout)
+    return startup.Watchdog(end - time.monotonic(), timeout, key,
+                            on_fire=_said_why_and_remove_shm)
 
 
 def _shareable(consts):

@@ -118,13 +118,14 @@ def first_to_speak(key: str, folder: str | None = None) -> bool:
 class Watchdog:
     """Kills this process with one line unless :meth:`cancel` is called within ``seconds``.
 
+    ``key`` is the job's :func:`job_key` (only the first watchdog of a job speaks).
     ``on_fire(pid)`` runs in the watchdog before the kill (it removes the rank's shared
     memory). The watchdog also ends, silently, when this process ends.
     """
 
-    def __init__(self, seconds: float, timeout_s: float, on_fire=None):
+    def __init__(self, seconds: float, timeout_s: float, key: str, on_fire=None):
         read, self.write = os.pipe()
-        parent, key = os.getpid(), job_key()  # (the key names the rank's parent, not ours)
+        parent, self.key = os.getpid(), key
         self.pid = os.fork()
         if self.pid == 0:  # the watchdog: only select, print and kill from here on
             code = 0

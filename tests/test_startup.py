@@ -126,3 +126,21 @@ def test_only_the_first_watchdog_of_a_job_speaks(tmp_path):
                                 if k not in ("PMIX_NAMESPACE", "SLURM_JOB_ID")}).stdout
             for _ in range(2)]
     assert keys[0] == keys[1] and keys[0].split(".")[0] == str(os.getpid())
+
+
+def test_the_ranks_of_one_job_give_their_watchdogs_one_key(tmp_path):
+    # each rank runs under its own supervising parent: a key taken from the rank's parent
+    # would differ per rank and let every rank speak (seen in a fresh-machine run)
+    script = tmp_path / "keys.py"
+    script.write_text("import os, time\nfrom psgd import launch\n"
+                      "w = launch.guard_start(time.monotonic(), 600)\n"
+                      "os.write(1, f'key {w.key}\\n'.encode())\nw.cancel()\n")
+    keys = set()
+    for _ in range(2):
+        res = subprocess.run([mpiexec.path(), "-n", "3", sys.executable, str(script)],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        lines = [l for l in res.stdout.splitlines() if l.startswith("key ")]
+        assert len(lines) == 3 and len(set(lines)) == 1, res.stdout
+        keys |= set(lines)
+    assert len(keys) == 2  # and the next job has its own
